@@ -1,0 +1,438 @@
+"""The catalog: source of truth for the state of every upload.
+
+SQLite on the embedded default, PostgreSQL in production, chosen by the SQLAlchemy
+URL. Every state change is one transaction: a conditional UPDATE (the row must still
+be in the state, and held by the claimer, that the caller expects) plus its audit row.
+"""
+
+import fcntl
+import json
+import threading
+from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from data_platform.catalog.schema import audit_log, contents, metadata, uploads
+
+# The states of PRODUCT.md's "life of a file", plus `duplicate` (same bytes as an
+# earlier upload of the tenant) and `quarantined`.
+LANDING = "landing"
+FRESH = "fresh"
+USED = "used"
+ARCHIVED = "archived"
+DEPRECATED = "deprecated"
+DELETED = "deleted"
+QUARANTINED = "quarantined"
+DUPLICATE = "duplicate"
+STATES = (LANDING, FRESH, USED, ARCHIVED, DEPRECATED, DELETED, QUARANTINED, DUPLICATE)
+# States whose upload has been dealt with: its landing object may go.
+SETTLED = frozenset(STATES) - {LANDING}
+# States whose data counts as ingested content of the tenant.
+INGESTED = frozenset({FRESH, USED, ARCHIVED, DEPRECATED})
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_migrated: set[str] = set()
+_migrate_lock = threading.Lock()
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def to_naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: int
+    landing_key: str
+    etag: str
+    size: int
+    last_modified: datetime
+    tenant: str | None
+    dataset: str | None
+    state: str
+    sha256: str | None
+    rows: int | None
+    quarantined_rows: int | None
+    reason: str | None
+    detail: str | None
+    object_key: str | None
+    duplicate_of: int | None
+    attempts: int
+    claimed_by: str | None
+    claimed_until: datetime | None
+    detected_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> "Upload":
+        return cls(**row._mapping)
+
+    def as_status(self) -> dict[str, Any]:
+        """The `data-platform status --json` entry (PRODUCT.md's fields first)."""
+        return {
+            "key": self.landing_key,
+            "tenant": self.tenant,
+            "dataset": self.dataset,
+            "state": self.state,
+            "sha256": self.sha256,
+            "rows": self.rows,
+            "quarantined_rows": self.quarantined_rows,
+            "reason": self.reason,
+            "object_key": self.object_key,
+            "upload_id": self.id,
+            "size": self.size,
+            "duplicate_of": self.duplicate_of,
+            "detected_at": _iso(self.detected_at),
+            "updated_at": _iso(self.updated_at),
+        }
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What makes an upload unique: one version of one landing key."""
+
+    landing_key: str
+    etag: str
+    size: int
+    last_modified: datetime  # any timezone; stored as naive UTC
+
+    @property
+    def db_key(self) -> tuple[str, str, datetime]:
+        return (self.landing_key, self.etag, to_naive_utc(self.last_modified))
+
+
+class TransitionConflict(RuntimeError):
+    """The upload was not in the expected state or no longer held by this claimer."""
+
+
+class DuplicateContent(Exception):
+    def __init__(self, first_upload_id: int):
+        super().__init__(first_upload_id)
+        self.first_upload_id = first_upload_id
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.replace(tzinfo=UTC).isoformat() if value else None
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class Catalog:
+    def __init__(self, url: str):
+        self.url = url
+        self.engine: Engine = _make_engine(url)
+        self._upsert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        self.migrate()
+
+    # -- schema -------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (once per process and URL)."""
+        with _migrate_lock:
+            if self.url in _migrated:
+                return
+            from alembic import command
+            from alembic.config import Config
+
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            with self._migration_lock() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+                conn.commit()
+            _migrated.add(self.url)
+
+    @contextmanager
+    def _migration_lock(self):
+        # Several processes (webserver, daemon, runs) may open a new catalog at once.
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_lock(740310)"))
+                conn.commit()
+                try:
+                    yield conn
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(740310)"))
+                    conn.commit()
+            elif self.engine.url.database and self.engine.url.database != ":memory:":
+                with open(f"{self.engine.url.database}.migrate.lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                    yield conn
+            else:
+                yield conn
+
+    def schema_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- registration (the sensor) ---------------------------------------------------
+
+    def known_uploads(self, identities: Sequence[Identity]) -> dict[tuple, Upload]:
+        """Ledger rows for the given identities, keyed by `Identity.db_key`."""
+        found: dict[tuple, Upload] = {}
+        keys = sorted({i.landing_key for i in identities})
+        with self.engine.connect() as conn:
+            for chunk in _chunks(keys, 500):
+                for row in conn.execute(sa.select(uploads).where(uploads.c.landing_key.in_(chunk))):
+                    upload = Upload.from_row(row)
+                    found[(upload.landing_key, upload.etag, upload.last_modified)] = upload
+        wanted = {i.db_key for i in identities}
+        return {k: v for k, v in found.items() if k in wanted}
+
+    def register(self, new: Sequence[tuple[Identity, str | None, str | None]], actor: str) -> list[Upload]:
+        """Add uploads in state `landing`; identities already present are left alone.
+
+        `new` holds (identity, tenant, dataset). Returns the rows that now exist for
+        them (newly inserted or not), so callers need no second lookup.
+        """
+        if not new:
+            return []
+        now = utcnow()
+        inserted_ids: list[int] = []
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(new), 500):
+                rows = [
+                    {
+                        "landing_key": ident.landing_key, "etag": ident.etag, "size": ident.size,
+                        "last_modified": to_naive_utc(ident.last_modified), "tenant": tenant,
+                        "dataset": dataset, "state": LANDING, "detected_at": now, "updated_at": now,
+                        "attempts": 0,
+                    }
+                    for ident, tenant, dataset in chunk
+                ]
+                stmt = self._upsert(uploads).on_conflict_do_nothing(
+                    index_elements=["landing_key", "etag", "last_modified"]
+                ).returning(uploads.c.id)
+                inserted_ids += conn.execute(stmt, rows).scalars().all()
+            if inserted_ids:
+                conn.execute(audit_log.insert(), [
+                    {"upload_id": i, "at": now, "actor": actor, "from_state": None, "to_state": LANDING}
+                    for i in inserted_ids
+                ])
+            registered = self._select_identities(conn, [ident for ident, _, _ in new])
+        return registered
+
+    def _select_identities(self, conn: Connection, identities: Sequence[Identity]) -> list[Upload]:
+        wanted = {i.db_key for i in identities}
+        out = []
+        for chunk in _chunks(sorted({i.landing_key for i in identities}), 500):
+            for row in conn.execute(sa.select(uploads).where(uploads.c.landing_key.in_(chunk))):
+                upload = Upload.from_row(row)
+                if (upload.landing_key, upload.etag, upload.last_modified) in wanted:
+                    out.append(upload)
+        return out
+
+    def pending_partitions(self, now: datetime | None = None) -> dict[tuple[str, str], tuple[int, int]]:
+        """(tenant, dataset) -> (newest pending upload id, total attempts) for uploads in
+        landing that no live claim holds. The pair changes whenever there is new work or
+        a failed attempt, so it makes a run key that retries without repeating itself."""
+        now = now or utcnow()
+        query = (
+            sa.select(uploads.c.tenant, uploads.c.dataset, sa.func.max(uploads.c.id), sa.func.sum(uploads.c.attempts))
+            .where(uploads.c.state == LANDING, uploads.c.tenant.is_not(None))
+            .where(sa.or_(uploads.c.claimed_until.is_(None), uploads.c.claimed_until < now))
+            .group_by(uploads.c.tenant, uploads.c.dataset)
+        )
+        with self.engine.connect() as conn:
+            return {(t, d): (int(m), int(a or 0)) for t, d, m, a in conn.execute(query)}
+
+    # -- claims (ingestion runs) -----------------------------------------------------
+
+    def claim(self, tenant: str, dataset: str, claimer: str, *, lease: timedelta, limit: int,
+              now: datetime | None = None) -> list[Upload]:
+        """Take up to `limit` pending uploads of a dataset for `claimer`, oldest first.
+
+        Each claim is a conditional UPDATE, so two runs never hold the same upload; an
+        expired lease (a crashed run) can be taken over. Attempts count up per claim.
+        """
+        now = now or utcnow()
+        free = sa.or_(uploads.c.claimed_until.is_(None), uploads.c.claimed_until < now)
+        with self.engine.connect() as conn:
+            candidates = conn.execute(
+                sa.select(uploads.c.id)
+                .where(uploads.c.tenant == tenant, uploads.c.dataset == dataset, uploads.c.state == LANDING, free)
+                .order_by(uploads.c.id).limit(limit)
+            ).scalars().all()
+        claimed = []
+        with self.engine.begin() as conn:
+            for upload_id in candidates:
+                result = conn.execute(
+                    uploads.update()
+                    .where(uploads.c.id == upload_id, uploads.c.state == LANDING, free)
+                    .values(claimed_by=claimer, claimed_until=now + lease, attempts=uploads.c.attempts + 1)
+                )
+                if result.rowcount == 1:
+                    claimed.append(upload_id)
+            rows = conn.execute(sa.select(uploads).where(uploads.c.id.in_(claimed)).order_by(uploads.c.id))
+            return [Upload.from_row(r) for r in rows]
+
+    def release(self, upload_id: int, claimer: str, error: str) -> None:
+        """Give a claimed upload back after a failed attempt; the next run retries it."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                uploads.update()
+                .where(uploads.c.id == upload_id, uploads.c.claimed_by == claimer, uploads.c.state == LANDING)
+                .values(claimed_by=None, claimed_until=None, detail=error[:2000], updated_at=utcnow())
+            )
+
+    # -- transitions -------------------------------------------------------------------
+
+    def _transition(self, conn: Connection, upload_id: int, *, from_state: str, to_state: str, actor: str,
+                    claimer: str | None, reason: str | None = None, detail: dict | None = None,
+                    **values: Any) -> None:
+        now = utcnow()
+        where = [uploads.c.id == upload_id, uploads.c.state == from_state]
+        if claimer is not None:
+            where.append(uploads.c.claimed_by == claimer)
+        result = conn.execute(
+            uploads.update().where(*where).values(
+                state=to_state, reason=reason, updated_at=now, claimed_by=None, claimed_until=None,
+                detail=json.dumps(detail, sort_keys=True) if detail else None, **values,
+            )
+        )
+        if result.rowcount != 1:
+            raise TransitionConflict(f"upload {upload_id} is not {from_state} (held by {claimer})")
+        conn.execute(audit_log.insert().values(
+            upload_id=upload_id, at=now, actor=actor, from_state=from_state, to_state=to_state, reason=reason,
+            detail=json.dumps(detail, sort_keys=True) if detail else None,
+        ))
+
+    def mark_fresh(self, upload: Upload, claimer: str, *, sha256: str, rows: int, quarantined_rows: int,
+                   object_key: str, detail: dict | None = None) -> None:
+        """landing -> fresh, and record the content as the tenant's first copy.
+
+        Raises `DuplicateContent` (and changes nothing) when the same bytes were
+        ingested for the tenant meanwhile, by a run that committed first.
+        """
+        with self.engine.begin() as conn:
+            try:
+                with conn.begin_nested():
+                    conn.execute(contents.insert().values(tenant=upload.tenant, sha256=sha256, upload_id=upload.id))
+            except sa.exc.IntegrityError:
+                first = conn.execute(
+                    sa.select(contents.c.upload_id).where(contents.c.tenant == upload.tenant,
+                                                          contents.c.sha256 == sha256)
+                ).scalar_one()
+                raise DuplicateContent(first) from None
+            self._transition(conn, upload.id, from_state=LANDING, to_state=FRESH, actor=claimer, claimer=claimer,
+                             detail=detail, sha256=sha256, rows=rows, quarantined_rows=quarantined_rows,
+                             object_key=object_key)
+
+    def mark_duplicate(self, upload: Upload, claimer: str, *, sha256: str, first: Upload) -> None:
+        with self.engine.begin() as conn:
+            self._transition(conn, upload.id, from_state=LANDING, to_state=DUPLICATE, actor=claimer, claimer=claimer,
+                             reason="duplicate_content", detail={"duplicate_of": first.id},
+                             sha256=sha256, rows=0, quarantined_rows=0, object_key=first.object_key,
+                             duplicate_of=first.id)
+
+    def mark_quarantined(self, upload: Upload, actor: str, *, claimer: str | None, reason: str, object_key: str,
+                         sha256: str | None = None, quarantined_rows: int | None = None,
+                         detail: dict | None = None) -> None:
+        with self.engine.begin() as conn:
+            self._transition(conn, upload.id, from_state=LANDING, to_state=QUARANTINED, actor=actor, claimer=claimer,
+                             reason=reason, detail=detail, sha256=sha256, rows=0,
+                             quarantined_rows=quarantined_rows, object_key=object_key)
+
+    def mark_vanished(self, upload: Upload, claimer: str) -> None:
+        """The landing object went away (or was replaced) before it could be read."""
+        with self.engine.begin() as conn:
+            self._transition(conn, upload.id, from_state=LANDING, to_state=DELETED, actor=claimer, claimer=claimer,
+                             reason="vanished_before_ingestion")
+
+    # -- queries -------------------------------------------------------------------
+
+    def get(self, upload_id: int) -> Upload | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(uploads).where(uploads.c.id == upload_id)).first()
+        return Upload.from_row(row) if row else None
+
+    def first_copy(self, tenant: str, sha256: str) -> Upload | None:
+        """The upload whose data holds these bytes for the tenant, if ingested."""
+        query = sa.select(uploads).join(contents, contents.c.upload_id == uploads.c.id).where(
+            contents.c.tenant == tenant, contents.c.sha256 == sha256
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return Upload.from_row(row) if row else None
+
+    def list_uploads(self, *, tenant: str | None = None, dataset: str | None = None,
+                     state: str | None = None) -> list[Upload]:
+        query = sa.select(uploads).order_by(uploads.c.id)
+        if tenant is not None:
+            query = query.where(uploads.c.tenant == tenant)
+        if dataset is not None:
+            query = query.where(uploads.c.dataset == dataset)
+        if state is not None:
+            query = query.where(uploads.c.state == state)
+        with self.engine.connect() as conn:
+            return [Upload.from_row(r) for r in conn.execute(query)]
+
+    def audit_trail(self, upload_id: int) -> list[dict[str, Any]]:
+        query = sa.select(audit_log).where(audit_log.c.upload_id == upload_id).order_by(audit_log.c.id)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Uploads, bytes (as uploaded) and rows (kept) per tenant, dataset and state."""
+        query = (
+            sa.select(
+                uploads.c.tenant, uploads.c.dataset, uploads.c.state,
+                sa.func.count().label("uploads"),
+                sa.func.coalesce(sa.func.sum(uploads.c.size), 0).label("bytes"),
+                sa.func.coalesce(sa.func.sum(uploads.c.rows), 0).label("rows"),
+                sa.func.coalesce(sa.func.sum(uploads.c.quarantined_rows), 0).label("quarantined_rows"),
+            )
+            .group_by(uploads.c.tenant, uploads.c.dataset, uploads.c.state)
+            .order_by(uploads.c.tenant, uploads.c.dataset, uploads.c.state)
+        )
+        with self.engine.connect() as conn:
+            return [
+                {k: (int(v) if k in ("uploads", "bytes", "rows", "quarantined_rows") else v)
+                 for k, v in r._mapping.items()}
+                for r in conn.execute(query)
+            ]
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):
+            # WAL lets the sensor read while a run writes; foreign keys are off by default.
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        return engine
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg2")
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+__all__ = [
+    "Catalog", "Upload", "Identity", "TransitionConflict", "DuplicateContent", "STATES", "SETTLED", "INGESTED",
+    "LANDING", "FRESH", "USED", "ARCHIVED", "DEPRECATED", "DELETED", "QUARANTINED", "DUPLICATE", "metadata",
+    "utcnow",
+]

@@ -1,0 +1,364 @@
+"""Object store: a local directory or an S3-compatible bucket, behind one interface.
+
+`open_store(url)` picks the implementation from `DATA_PLATFORM_STORAGE_URL`'s form:
+a path or `file://` URL gives `LocalObjectStore`, `s3://bucket[/prefix]` gives
+`S3ObjectStore`. Both lay objects out identically (keys are `/`-separated paths
+below the root), so a person can read either and the code never branches on where it
+runs. S3 speaks only the standard protocol through boto3 (control plane, streaming
+GETs, multipart uploads, botocore's retries) and pyarrow (`filesystem`, for readers
+that want random access such as Parquet); endpoint and credentials come from boto3's
+standard variables, so MinIO, AWS and any other implementation are configured alike.
+"""
+
+import hashlib
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from data_platform.layout import check_relative_path
+
+COPY_CHUNK = 8 * 1024 * 1024
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str  # S3's ETag without quotes; a size+mtime tag on a local directory
+    last_modified: datetime  # timezone-aware, UTC
+
+    @property
+    def is_folder_marker(self) -> bool:
+        return self.key.endswith("/")
+
+
+class ObjectChanged(Exception):
+    """The object was replaced or deleted between listing and reading."""
+
+
+class ObjectStore(ABC):
+    url: str
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix` (all pages, no order promised)."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    @abstractmethod
+    def download(self, key: str, dst: BinaryIO, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
+        """Copy the object into `dst` in one streaming read; return its info and sha256.
+
+        With `if_etag`, raise `ObjectChanged` unless the object still has that tag.
+        """
+
+    @abstractmethod
+    def upload_file(self, path: str | Path, key: str) -> None:
+        """Put a local file at `key`, all at once (multipart above 64 MB on S3)."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def copy(self, src: str, dst: str) -> None:
+        """Server-side copy where the store can."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one object; deleting what is already gone is not an error."""
+
+    @property
+    @abstractmethod
+    def filesystem(self) -> pafs.FileSystem:
+        """pyarrow filesystem for data readers; `fs_path(key)` gives the path in it."""
+
+    @abstractmethod
+    def fs_path(self, key: str) -> str: ...
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def delete_if_unchanged(self, key: str, etag: str) -> bool:
+        """Delete `key` only if it is still the version we read (a newer upload under
+        the same name must survive). Returns whether it deleted."""
+        info = self.head(key)
+        if info is None or info.etag != etag:
+            return False
+        self.delete(key)
+        return True
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+
+class LocalObjectStore(ObjectStore):
+    """Objects as files below `root`; writes are atomic (temp file + rename)."""
+
+    TMP_DIR = ".tmp"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.url = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_relative_path(key)
+
+    @staticmethod
+    def _info(key: str, stat: os.stat_result) -> ObjectInfo:
+        return ObjectInfo(
+            key=key,
+            size=stat.st_size,
+            etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+            last_modified=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC),
+        )
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Walk the deepest directory the prefix names, then filter by the full prefix.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = self.root / base if base else self.root
+        for dirpath, dirnames, filenames in os.walk(start):
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            if rel_dir == ".":
+                dirnames[:] = [d for d in dirnames if d != self.TMP_DIR]
+                rel_dir = ""
+            for name in filenames:
+                key = f"{rel_dir}/{name}" if rel_dir else name
+                if key.startswith(prefix):
+                    try:
+                        yield self._info(key, os.stat(os.path.join(dirpath, name)))
+                    except FileNotFoundError:
+                        continue  # deleted while we walked
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            path = self._path(key)
+            if not path.is_file():
+                return None
+            return self._info(key, path.stat())
+        except FileNotFoundError:
+            return None
+
+    def download(self, key: str, dst: BinaryIO, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as src:
+                info = self._info(key, os.fstat(src.fileno()))
+                if if_etag is not None and info.etag != if_etag:
+                    raise ObjectChanged(key)
+                sha = _copy_hashing(src, dst)
+        except FileNotFoundError as err:
+            raise ObjectChanged(key) from err
+        return info, sha
+
+    def _atomic_target(self, key: str) -> tuple[Path, Path]:
+        final = self._path(key)
+        tmp_dir = self.root / self.TMP_DIR
+        tmp_dir.mkdir(exist_ok=True)
+        return final, tmp_dir / uuid.uuid4().hex
+
+    def upload_file(self, path: str | Path, key: str) -> None:
+        final, tmp = self._atomic_target(key)
+        shutil.copyfile(path, tmp)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        final, tmp = self._atomic_target(key)
+        tmp.write_bytes(data)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, final)
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def copy(self, src: str, dst: str) -> None:
+        self.upload_file(self._path(src), dst)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        # Keep the tree tidy: drop directories the delete left empty (never the root).
+        parent = path.parent
+        while parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        return pafs.LocalFileSystem()
+
+    def fs_path(self, key: str) -> str:
+        return str(self._path(key))
+
+
+class S3ObjectStore(ObjectStore):
+    """A bucket (optionally below a prefix) on any S3-compatible endpoint."""
+
+    def __init__(self, bucket: str, prefix: str = "", *, session=None):
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self._session = session or boto3.session.Session()
+        # botocore's standard retry mode (throttling, 5xx, resets) with its own backoff;
+        # path-style addressing works on AWS and on MinIO without wildcard DNS.
+        self._client = self._session.client(
+            "s3",
+            config=Config(retries={"mode": "standard"}, s3={"addressing_style": "path"}),
+        )
+        self._fs: pafs.S3FileSystem | None = None
+
+    def _k(self, key: str) -> str:
+        return self.prefix + check_relative_path(key)
+
+    def _info(self, key: str, size: int, etag: str, last_modified: datetime) -> ObjectInfo:
+        return ObjectInfo(key=key, size=size, etag=etag.strip('"'), last_modified=last_modified.astimezone(UTC))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for obj in page.get("Contents", ()):
+                key = obj["Key"][len(self.prefix):]
+                yield self._info(key, obj["Size"], obj["ETag"], obj["LastModified"])
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self._client.head_object(Bucket=self.bucket, Key=self._k(key))
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return self._info(key, resp["ContentLength"], resp["ETag"], resp["LastModified"])
+
+    def download(self, key: str, dst: BinaryIO, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
+        from botocore.exceptions import ClientError
+
+        kwargs = {"Bucket": self.bucket, "Key": self._k(key)}
+        if if_etag is not None:
+            kwargs["IfMatch"] = f'"{if_etag}"'
+        try:
+            resp = self._client.get_object(**kwargs)
+        except ClientError as err:
+            code = err.response.get("Error", {}).get("Code")
+            if code in ("404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
+                raise ObjectChanged(key) from err
+            raise
+        info = self._info(key, resp["ContentLength"], resp["ETag"], resp["LastModified"])
+        body = resp["Body"]
+        try:
+            sha = _copy_hashing(body, dst)
+        finally:
+            body.close()
+        return info, sha
+
+    def upload_file(self, path: str | Path, key: str) -> None:
+        from boto3.s3.transfer import TransferConfig
+
+        self._client.upload_file(
+            str(path), self.bucket, self._k(key),
+            Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD),
+        )
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        resp = self._client.get_object(Bucket=self.bucket, Key=self._k(key))
+        with resp["Body"] as body:
+            return body.read()
+
+    def copy(self, src: str, dst: str) -> None:
+        # Managed copy: one CopyObject below 5 GB, multipart UploadPartCopy above.
+        self._client.copy({"Bucket": self.bucket, "Key": self._k(src)}, self.bucket, self._k(dst))
+
+    def delete(self, key: str) -> None:
+        self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        batch: list[dict] = []
+        for key in keys:
+            batch.append({"Key": self._k(key)})
+            if len(batch) == 1000:
+                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+                batch = []
+        if batch:
+            self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+
+    @property
+    def filesystem(self) -> pafs.S3FileSystem:
+        if self._fs is None:
+            self._fs = _pyarrow_s3(self._session, self._client)
+        return self._fs
+
+    def fs_path(self, key: str) -> str:
+        return f"{self.bucket}/{self._k(key)}"
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (tests, first start of MinIO)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._client.create_bucket(Bucket=self.bucket)
+
+
+def _pyarrow_s3(session, client) -> pafs.S3FileSystem:
+    """pyarrow's S3 filesystem configured exactly as the boto3 client is."""
+    kwargs: dict = {"region": client.meta.region_name or "us-east-1"}
+    endpoint = urlparse(client.meta.endpoint_url)
+    if endpoint.hostname and not endpoint.hostname.endswith("amazonaws.com"):
+        kwargs["endpoint_override"] = endpoint.netloc
+        kwargs["scheme"] = endpoint.scheme
+    creds = session.get_credentials()
+    if creds is None:
+        kwargs["anonymous"] = True
+    else:
+        frozen = creds.get_frozen_credentials()
+        kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
+    return pafs.S3FileSystem(**kwargs)
+
+
+def _copy_hashing(src, dst: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := src.read(COPY_CHUNK):
+        digest.update(chunk)
+        dst.write(chunk)
+    return digest.hexdigest()
+
+
+def open_store(url: str) -> ObjectStore:
+    """`s3://bucket[/prefix]`, `file:///path` or a plain local path."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"storage URL {url!r} names no bucket")
+        return S3ObjectStore(parsed.netloc, parsed.path)
+    if parsed.scheme == "file":
+        return LocalObjectStore(parsed.path)
+    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return LocalObjectStore(url)
+    raise ValueError(f"unsupported storage URL {url!r}: use a path, file:///path or s3://bucket[/prefix]")
