@@ -24,7 +24,6 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from data_platform.layout import check_relative_path
 
 COPY_CHUNK = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
@@ -40,6 +39,18 @@ class ObjectInfo:
     @property
     def is_folder_marker(self) -> bool:
         return self.key.endswith("/")
+
+
+def check_store_key(key: str) -> str:
+    """The storage layer's own guard: a key names something below the root.
+
+    Layout rules (names, traversal, control characters) are `layout`'s business and
+    are checked before keys are built; the store must still be able to copy and
+    delete a badly named upload in order to quarantine it.
+    """
+    if not key or key.startswith("/") or "\x00" in key:
+        raise ValueError(f"invalid object key {key!r}")
+    return key
 
 
 class ObjectChanged(Exception):
@@ -117,7 +128,10 @@ class LocalObjectStore(ObjectStore):
         self.url = self.root.as_uri()
 
     def _path(self, key: str) -> Path:
-        return self.root / check_relative_path(key)
+        path = Path(os.path.normpath(self.root / check_store_key(key)))
+        if self.root not in path.parents or path.relative_to(self.root).parts[0] == self.TMP_DIR:
+            raise ValueError(f"object key {key!r} escapes the storage root")
+        return path
 
     @staticmethod
     def _info(key: str, stat: os.stat_result) -> ObjectInfo:
@@ -230,7 +244,7 @@ class S3ObjectStore(ObjectStore):
         self._fs: pafs.S3FileSystem | None = None
 
     def _k(self, key: str) -> str:
-        return self.prefix + check_relative_path(key)
+        return self.prefix + check_store_key(key)
 
     def _info(self, key: str, size: int, etag: str, last_modified: datetime) -> ObjectInfo:
         return ObjectInfo(key=key, size=size, etag=etag.strip('"'), last_modified=last_modified.astimezone(UTC))

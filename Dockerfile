@@ -1,0 +1,48 @@
+# Production image for the data platform: one image, three roles
+# (code-server by default; webserver and daemon override the command in
+# docker-compose.yml).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DAGSTER_HOME=/opt/dagster/home \
+    DATA_PLATFORM_HOME=/opt/dagster/data
+
+RUN groupadd --system --gid 1000 dagster \
+ && useradd --system --uid 1000 --gid dagster --home-dir /opt/dagster \
+        --no-create-home --shell /usr/sbin/nologin dagster
+
+WORKDIR /opt/dagster/app
+
+# Dependencies first, in their own layer: install the project with an empty
+# package so that a change to the sources does not reinstall pandas & co.
+COPY pyproject.toml README.md ./
+RUN mkdir data_platform \
+ && touch data_platform/__init__.py \
+ && pip install . \
+ && pip uninstall -y data_platform \
+ && rm -rf data_platform build ./*.egg-info
+
+COPY data_platform ./data_platform
+RUN pip install --no-deps . \
+ && rm -rf build ./*.egg-info \
+ && python -c "import data_platform"
+
+# Production instance (PostgreSQL) and the gRPC workspace for webserver/daemon.
+COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml
+COPY deploy/workspace.yaml /opt/dagster/app/workspace.yaml
+
+# Writable state for the non-root user: local artifacts and compute logs
+# (a volume shared by the three containers) and the platform home.
+RUN mkdir -p ${DAGSTER_HOME}/storage ${DATA_PLATFORM_HOME} \
+ && chown dagster:dagster ${DAGSTER_HOME} ${DAGSTER_HOME}/storage ${DATA_PLATFORM_HOME}
+
+# Numeric, so that runAsNonRoot-style checks can verify it (uid of "dagster").
+USER 1000:1000
+
+EXPOSE 4000 3000
+
+CMD ["dagster", "code-server", "start", "-h", "0.0.0.0", "-p", "4000", \
+     "-m", "data_platform.definitions", "--location-name", "data_platform"]

@@ -1,0 +1,1 @@
+"""The Dagster layer: resources, assets, sensors and schedules wired to the domain core."""

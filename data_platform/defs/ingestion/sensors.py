@@ -1,0 +1,48 @@
+"""The upload sensor: reconciles landing with the ledger and asks for one run per
+tenant/dataset that has pending uploads."""
+
+import dagster as dg
+
+from data_platform import layout
+from data_platform.defs.ingestion.assets import fresh_data, tenant_datasets
+from data_platform.defs.resources import CatalogResource, ObjectStoreResource
+from data_platform.intake import scan_landing
+
+ingest_job = dg.define_asset_job(
+    "ingest_uploads", selection=[fresh_data], partitions_def=tenant_datasets,
+    description="Ingest the pending uploads of one tenant/dataset.",
+)
+
+
+@dg.sensor(
+    job=ingest_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Notices every new object under landing/ exactly once and launches ingestion.",
+)
+def landing_sensor(
+    context: dg.SensorEvaluationContext, object_store: ObjectStoreResource, catalog: CatalogResource
+) -> dg.SensorResult | dg.SkipReason:
+    scan = scan_landing(object_store.get_store(), catalog.get_catalog())
+    if scan.invalid_keys or scan.leftovers_removed:
+        context.log.info(f"quarantined {scan.invalid_keys} invalid key(s), "
+                         f"removed {scan.leftovers_removed} already-ingested leftover(s)")
+    if not scan.pending:
+        return dg.SkipReason(f"no pending uploads ({scan.listed} object(s) in landing)")
+    partitions = sorted(layout.partition_key(t, d) for t, d in scan.pending)
+    existing = set(context.instance.get_dynamic_partitions(tenant_datasets.name))
+    new_partitions = [p for p in partitions if p not in existing]
+    run_requests = []
+    for (tenant, dataset), (newest_id, attempts) in sorted(scan.pending.items()):
+        partition = layout.partition_key(tenant, dataset)
+        # Same pending work -> same key (no duplicate run); new uploads or a failed
+        # attempt change it, so a retry is asked for exactly when there is reason to.
+        run_requests.append(dg.RunRequest(
+            partition_key=partition, run_key=f"{partition}:{newest_id}:{attempts}",
+            tags={"data_platform/tenant": tenant, "data_platform/dataset": dataset},
+        ))
+    context.log.info(f"{scan.registered} new upload(s); {len(run_requests)} dataset(s) to ingest")
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[tenant_datasets.build_add_request(new_partitions)] if new_partitions else [],
+    )

@@ -1,0 +1,266 @@
+"""Ingest one upload: landing object -> Parquet under data/ (or quarantine), plus its
+catalog transition. Plain Python: the Dagster layer only claims uploads and calls this.
+
+The order of effects is what makes a crash at any point safe:
+  1. read the landing object once (streaming, hashed) into a local temporary file;
+  2. write the data object at a key derived from the upload id (a re-run overwrites it);
+  3. commit the catalog transition (one transaction);
+  4. only then delete the landing object (a leftover is deleted by the next tick).
+Nothing the catalog points at is ever half-written, and the original bytes exist in
+landing until the catalog says where the upload went.
+"""
+
+import json
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_platform import layout
+from data_platform.catalog import (
+    DUPLICATE, FRESH, QUARANTINED, DELETED, Catalog, DuplicateContent, Upload,
+)
+from data_platform.readers import RejectedRow, UnreadableUpload, read_tables
+from data_platform.storage import ObjectChanged, ObjectStore
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 5
+SAMPLE_REJECTS = 20
+
+
+@dataclass
+class Outcome:
+    """What became of one upload; the asset turns a batch of these into metadata."""
+
+    upload_id: int
+    landing_key: str
+    state: str
+    reason: str | None = None
+    rows: int = 0
+    quarantined_rows: int = 0
+    object_key: str | None = None
+    sha256: str | None = None
+    size: int = 0
+    schema: pa.Schema | None = None
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+class _Rejects:
+    """Rejected rows spooled to a local JSONL file (bounded memory), counted by reason."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / "rejected_rows.jsonl"
+        self._file = open(self.path, "w", encoding="utf-8")
+        self.count = 0
+        self.by_reason: Counter[str] = Counter()
+        self.samples: list[dict] = []
+
+    def __call__(self, row: RejectedRow) -> None:
+        self.count += 1
+        self.by_reason[row.reason] += 1
+        record = row.as_dict()
+        if len(self.samples) < SAMPLE_REJECTS:
+            self.samples.append(record)
+        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Ingestor:
+    def __init__(self, store: ObjectStore, catalog: Catalog, *, claimer: str, work_dir: str | None = None):
+        self.store = store
+        self.catalog = catalog
+        self.claimer = claimer
+        self.work_dir = work_dir
+
+    def ingest(self, upload: Upload) -> Outcome:
+        """Take a claimed upload to fresh, duplicate, quarantined or (vanished) deleted."""
+        with tempfile.TemporaryDirectory(prefix="ingest-", dir=self.work_dir) as tmp:
+            return self._ingest(upload, Path(tmp))
+
+    def _ingest(self, upload: Upload, tmp: Path) -> Outcome:
+        assert upload.tenant and upload.dataset, "uploads with invalid keys are quarantined by the sensor"
+        local = tmp / "upload"
+        try:
+            with open(local, "wb") as f:
+                info, sha256 = self.store.download(upload.landing_key, f, if_etag=upload.etag)
+        except ObjectChanged:
+            self.catalog.mark_vanished(upload, self.claimer)
+            return Outcome(upload.id, upload.landing_key, DELETED, reason="vanished_before_ingestion")
+
+        if upload.attempts > MAX_ATTEMPTS:
+            return self._quarantine_whole(upload, sha256, "ingestion_failed",
+                                          f"gave up after {upload.attempts - 1} failed attempts: {upload.detail}")
+
+        first = self.catalog.first_copy(upload.tenant, sha256)
+        if first is not None and first.id != upload.id:
+            return self._duplicate(upload, sha256, first)
+
+        rejects = _Rejects(tmp)
+        data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
+        try:
+            rows, schema = _write_parquet(read_tables(local, layout.LandingKey.parse(upload.landing_key).filename,
+                                                      rejects), tmp / "data.parquet")
+        except UnreadableUpload as err:
+            rejects.close()
+            return self._quarantine_whole(upload, sha256, err.reason, err.detail)
+        rejects.close()
+        if rows == 0:
+            reason = "no_valid_rows" if rejects.count else "no_rows"
+            detail = f"all {rejects.count} rows rejected" if rejects.count else "the file holds no rows"
+            return self._quarantine_whole(upload, sha256, reason, detail, rejects=rejects)
+
+        self.store.upload_file(tmp / "data.parquet", data_key)
+        if rejects.count:
+            self._write_rejects(upload, sha256, rejects, rows)
+        try:
+            self.catalog.mark_fresh(
+                upload, self.claimer, sha256=sha256, rows=rows, quarantined_rows=rejects.count, object_key=data_key,
+                detail={"rejected_by_reason": dict(rejects.by_reason)} if rejects.count else None,
+            )
+        except DuplicateContent as dup:
+            # Another run committed the same bytes first: ours become the duplicate.
+            self.store.delete(data_key)
+            self.store.delete_many(self._reject_keys(upload))
+            return self._duplicate(upload, sha256, self.catalog.get(dup.first_upload_id))
+        self.store.delete_if_unchanged(upload.landing_key, upload.etag)
+        return Outcome(upload.id, upload.landing_key, FRESH, rows=rows, quarantined_rows=rejects.count,
+                       object_key=data_key, sha256=sha256, size=info.size, schema=schema,
+                       rejected_by_reason=dict(rejects.by_reason))
+
+    def _duplicate(self, upload: Upload, sha256: str, first: Upload) -> Outcome:
+        # A crashed earlier attempt may have written data for this upload: it goes.
+        self.store.delete(layout.data_key(upload.tenant, upload.dataset, upload.id))
+        self.catalog.mark_duplicate(upload, self.claimer, sha256=sha256, first=first)
+        self.store.delete_if_unchanged(upload.landing_key, upload.etag)
+        return Outcome(upload.id, upload.landing_key, DUPLICATE, reason="duplicate_content",
+                       object_key=first.object_key, sha256=sha256, size=upload.size)
+
+    def _reject_keys(self, upload: Upload) -> list[str]:
+        prefix = layout.quarantine_prefix(upload.tenant, upload.dataset, upload.id)
+        return [prefix + "rejected_rows.jsonl", prefix + "report.json"]
+
+    def _write_rejects(self, upload: Upload, sha256: str, rejects: _Rejects, rows_kept: int) -> None:
+        rows_key, report_key = self._reject_keys(upload)
+        self.store.upload_file(rejects.path, rows_key)
+        self.store.put_bytes(report_key, _report(upload, sha256, reason="rejected_rows",
+                                                 detail=f"{rejects.count} rows rejected, {rows_kept} kept",
+                                                 rejects=rejects, rows_kept=rows_kept, rejected_rows_key=rows_key))
+
+    def _quarantine_whole(self, upload: Upload, sha256: str, reason: str, detail: str,
+                          rejects: _Rejects | None = None) -> Outcome:
+        prefix = quarantine_whole(self.store, upload, sha256=sha256, reason=reason, detail=detail, rejects=rejects)
+        self.catalog.mark_quarantined(upload, self.claimer, claimer=self.claimer, reason=reason, object_key=prefix,
+                                      sha256=sha256, quarantined_rows=rejects.count if rejects else None,
+                                      detail={"detail": detail})
+        self.store.delete_if_unchanged(upload.landing_key, upload.etag)
+        return Outcome(upload.id, upload.landing_key, QUARANTINED, reason=reason, object_key=prefix, sha256=sha256,
+                       size=upload.size, quarantined_rows=rejects.count if rejects else 0)
+
+
+def quarantine_whole(store: ObjectStore, upload: Upload, *, sha256: str | None, reason: str, detail: str,
+                     rejects: _Rejects | None = None) -> str:
+    """Copy the original bytes (server-side) and a JSON report into quarantine.
+
+    Returns the quarantine prefix. The landing object is left for the caller to delete
+    after the catalog commit.
+    """
+    prefix = layout.quarantine_prefix(upload.tenant, upload.dataset, upload.id)
+    original_key = prefix + layout.safe_original_name(upload.landing_key)
+    store.copy(upload.landing_key, original_key)
+    rows_key = None
+    if rejects is not None and rejects.count:
+        rows_key = prefix + "rejected_rows.jsonl"
+        store.upload_file(rejects.path, rows_key)
+    store.put_bytes(prefix + "report.json", _report(upload, sha256, reason=reason, detail=detail, rejects=rejects,
+                                                    original_key=original_key, rejected_rows_key=rows_key))
+    return prefix
+
+
+def _report(upload: Upload, sha256: str | None, *, reason: str, detail: str, rejects: _Rejects | None = None,
+            rows_kept: int = 0, original_key: str | None = None, rejected_rows_key: str | None = None) -> bytes:
+    report = {
+        "upload_id": upload.id,
+        "landing_key": upload.landing_key,
+        "tenant": upload.tenant,
+        "dataset": upload.dataset,
+        "size": upload.size,
+        "etag": upload.etag,
+        "sha256": sha256,
+        "reason": reason,
+        "detail": detail,
+        "whole_file": original_key is not None,
+        "original_key": original_key,
+        "rows_kept": rows_kept,
+        "rejected_rows": rejects.count if rejects else 0,
+        "rejected_by_reason": dict(rejects.by_reason) if rejects else {},
+        "rejected_rows_key": rejected_rows_key,
+        "sample_rejected_rows": rejects.samples if rejects else [],
+        "reported_at": datetime.now(UTC).isoformat(),
+    }
+    return json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+def _write_parquet(tables, path: Path) -> tuple[int, pa.Schema | None]:
+    """Stream tables into one Parquet file; returns (rows, schema)."""
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+            writer.write_table(table, row_group_size=128 * 1024)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+    return rows, writer.schema if writer is not None else None
+
+
+def quarantine_invalid_key(store: ObjectStore, catalog: Catalog, upload: Upload, why: str, actor: str) -> None:
+    """An object in landing whose key does not fit the layout: keep its bytes in
+    quarantine with reason `invalid_key`, never read it as data."""
+    prefix = quarantine_whole(store, upload, sha256=None, reason="invalid_key", detail=why)
+    catalog.mark_quarantined(upload, actor, claimer=None, reason="invalid_key", object_key=prefix,
+                             detail={"detail": why})
+    store.delete_if_unchanged(upload.landing_key, upload.etag)
+
+
+@dataclass
+class BatchResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    failures: list[tuple[int, str, str]] = field(default_factory=list)  # (upload id, key, error)
+
+
+def ingest_pending(store: ObjectStore, catalog: Catalog, tenant: str, dataset: str, *, claimer: str,
+                   lease: timedelta | None = None, batch: int = 200, max_uploads: int | None = None) -> BatchResult:
+    """Claim and ingest a dataset's pending uploads until none is left.
+
+    An upload that fails (S3 unreachable, a bug) is released with its error and the
+    rest go on; the next run retries it, and after MAX_ATTEMPTS it is quarantined.
+    """
+
+    lease = lease or timedelta(minutes=30)
+    result = BatchResult()
+    ingestor = Ingestor(store, catalog, claimer=claimer)
+    while max_uploads is None or len(result.outcomes) + len(result.failures) < max_uploads:
+        claimed = catalog.claim(tenant, dataset, claimer, lease=lease, limit=batch)
+        if not claimed:
+            break
+        for upload in claimed:
+            try:
+                result.outcomes.append(ingestor.ingest(upload))
+            except Exception as err:  # noqa: BLE001 - recorded, released and retried
+                log.exception("ingesting %s failed", upload.landing_key)
+                result.failures.append((upload.id, upload.landing_key, f"{type(err).__name__}: {err}"))
+    # Released only now, so this run does not take them straight back.
+    for upload_id, _, error in result.failures:
+        catalog.release(upload_id, claimer, error)
+    return result

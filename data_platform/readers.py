@@ -1,0 +1,401 @@
+"""Streaming readers: an uploaded file in, Arrow tables of bounded size out.
+
+JSON Lines, CSV and Parquet, each optionally gzip-compressed. Types are inferred
+from the first block and then held: later rows that do not fit are rejected one by
+one (with their line number and a reason code) while the good rows go on. A file
+that cannot be read at all raises `UnreadableUpload` with a reason code, and the
+caller quarantines it whole.
+
+Reason codes (documented in the README):
+  whole file: empty_file, unsupported_format, corrupt_compression, binary_content,
+              invalid_encoding, unreadable_parquet, invalid_header, no_rows, no_valid_rows
+  per row:    malformed_json, not_an_object, type_mismatch, unexpected_field,
+              wrong_column_count, invalid_encoding
+"""
+
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+BLOCK_BYTES = 16 * 1024 * 1024  # JSONL/CSV parse block; bounds memory per batch
+PARQUET_BATCH_ROWS = 64 * 1024
+SNIFF_BYTES = 64 * 1024
+RAW_ROW_LIMIT = 10_000  # characters of a rejected row kept in its report
+LINEWISE_BELOW = 32  # segments this small are parsed line by line when isolating bad rows
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet",
+           ".pq": "parquet"}
+
+
+class UnreadableUpload(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    line: int  # 1-based line in the (decompressed) file; CSV counts the header as line 1
+    reason: str
+    detail: str
+    raw: str | None
+
+    def as_dict(self) -> dict:
+        return {"line": self.line, "reason": self.reason, "detail": self.detail, "raw": self.raw}
+
+
+OnRejected = Callable[[RejectedRow], None]
+
+
+def detect_format(filename: str) -> tuple[str, bool]:
+    """(format, gzipped) from the file name; raises `UnreadableUpload` if unknown."""
+    name = filename.lower()
+    gzipped = name.endswith(".gz")
+    if gzipped:
+        name = name[:-3]
+    suffix = name[name.rfind("."):] if "." in name else ""
+    fmt = FORMATS.get(suffix)
+    if fmt is None:
+        raise UnreadableUpload("unsupported_format", f"unknown extension {suffix or '(none)'!r}; "
+                                                     "expected .jsonl, .ndjson, .json, .csv or .parquet (optionally .gz)")
+    return fmt, gzipped
+
+
+def read_tables(path: Path, filename: str, on_rejected: OnRejected) -> Iterator[pa.Table]:
+    """Yield normalised tables from the file at `path` (named `filename` by its uploader)."""
+    fmt, gzipped = detect_format(filename)
+    if path.stat().st_size == 0:
+        raise UnreadableUpload("empty_file", "the upload has no bytes")
+    if gzipped:
+        _check_gzip(path)
+    if fmt == "parquet":
+        yield from _parquet_tables(path, gzipped)
+        return
+    with _open_text_source(path, gzipped) as stream:
+        _sniff_text(stream)
+        if fmt == "jsonl":
+            yield from _jsonl_tables(stream, on_rejected)
+        else:
+            yield from _csv_tables(stream, on_rejected)
+
+
+# -- whole-file checks ------------------------------------------------------------------
+
+
+def _check_gzip(path: Path) -> None:
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            raise UnreadableUpload("corrupt_compression", "named .gz but not gzip data")
+
+
+class _GzipErrors(io.RawIOBase):
+    """Turn gzip's errors (truncated or corrupt stream) into UnreadableUpload."""
+
+    def __init__(self, raw):
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._raw.read(size)
+        except (OSError, EOFError, zlib.error) as err:
+            raise UnreadableUpload("corrupt_compression", f"gzip stream broken: {err}") from err
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _open_text_source(path: Path, gzipped: bool):
+    if gzipped:
+        return io.BufferedReader(_GzipErrors(gzip.open(path, "rb")), buffer_size=1024 * 1024)
+    return open(path, "rb", buffering=1024 * 1024)
+
+
+def _sniff_text(stream) -> None:
+    head = stream.peek(SNIFF_BYTES)[:SNIFF_BYTES]
+    if not head:
+        raise UnreadableUpload("empty_file", "no bytes after decompression")
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UnreadableUpload("invalid_encoding", "UTF-16 text; upload UTF-8")
+    if b"\x00" in head:
+        raise UnreadableUpload("binary_content", "NUL bytes in a text format: not text")
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if err.start < len(head) - 4:  # not merely a character cut by the sniff window
+            raise UnreadableUpload("invalid_encoding", f"not UTF-8 (byte {err.start})") from err
+    if head.startswith(b"\xef\xbb\xbf"):
+        stream.read(3)  # UTF-8 byte order mark
+
+
+# -- normalisation -------------------------------------------------------------------
+
+
+def working_schema(schema: pa.Schema) -> pa.Schema:
+    """Types the platform stores: timestamps in UTC microseconds, untyped columns as text."""
+    fields = []
+    names = schema.names
+    if any(not n or not n.strip() for n in names):
+        raise UnreadableUpload("invalid_header", "empty column name")
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise UnreadableUpload("invalid_header", f"duplicate column names {sorted(dupes)}")
+    for field in schema:
+        t = field.type
+        if pa.types.is_null(t):
+            t = pa.string()
+        elif pa.types.is_timestamp(t):
+            t = pa.timestamp("us", tz="UTC")
+        elif pa.types.is_large_string(t) or pa.types.is_dictionary(t) and pa.types.is_string(t.value_type):
+            t = pa.string()
+        fields.append(pa.field(field.name, t))
+    return pa.schema(fields)
+
+
+def normalise(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Cast to the working schema. Naive timestamps are taken as UTC."""
+    columns = []
+    for field in schema:
+        col = table.column(field.name)
+        if pa.types.is_timestamp(col.type) and col.type.tz is None:
+            col = pc.assume_timezone(col, "UTC")
+        columns.append(col.cast(field.type) if col.type != field.type else col)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+# -- JSON Lines ------------------------------------------------------------------------
+
+
+def _blocks(stream, block_bytes: int) -> Iterator[tuple[bytes, int]]:
+    """Whole-line blocks of about `block_bytes`, with the 1-based line they start at."""
+    carry = b""
+    line = 1
+    while True:
+        chunk = stream.read(block_bytes)
+        data = carry + chunk if carry else chunk
+        if not chunk:
+            if data:
+                yield data, line
+            return
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            carry = data
+            continue
+        block, carry = data[:cut + 1], data[cut + 1:]
+        yield block, line
+        line += block.count(b"\n")
+
+
+def _parse_json(data: bytes, schema: pa.Schema | None) -> pa.Table:
+    options = pajson.ParseOptions(
+        explicit_schema=schema, unexpected_field_behavior="error" if schema is not None else "infer"
+    )
+    return pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=max(len(data), 1 << 20)),
+                            parse_options=options)
+
+
+def _jsonl_tables(stream, on_rejected: OnRejected, block_bytes: int = BLOCK_BYTES) -> Iterator[pa.Table]:
+    schema: pa.Schema | None = None
+    for block, first_line in _blocks(stream, block_bytes):
+        if not block.strip():
+            continue
+        if schema is None:
+            # The first block fixes the types; its bad lines are isolated first so they
+            # cannot decide the schema.
+            table = _isolate_bad_json(block.split(b"\n"), first_line, None, on_rejected)
+            if table is None or table.num_columns == 0:
+                continue
+            schema = working_schema(table.schema)
+            yield normalise(table, schema)
+            continue
+        try:
+            table = _parse_json(block, schema)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            table = _isolate_bad_json(block.split(b"\n"), first_line, schema, on_rejected)
+        if table is not None and table.num_rows:
+            yield normalise(table, schema)
+
+
+def _isolate_bad_json(lines: list[bytes], first_line: int, schema: pa.Schema | None,
+                      on_rejected: OnRejected) -> pa.Table | None:
+    """Parse `lines`, rejecting exactly the ones that fail, by bisection.
+
+    Costs one parse per level for each bad line; good runs are parsed in bulk.
+    """
+    good: list[pa.Table] = []
+
+    def visit(lo: int, hi: int) -> None:
+        segment = lines[lo:hi]
+        if not any(s.strip() for s in segment):
+            return
+        if hi - lo > LINEWISE_BELOW or schema is None and lo == 0 and hi == len(lines):
+            try:
+                good.append(_parse_json(b"\n".join(segment), schema))
+                return
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                if hi - lo > LINEWISE_BELOW:
+                    mid = (lo + hi) // 2
+                    visit(lo, mid)
+                    visit(mid, hi)
+                    return
+        for i in range(lo, hi):
+            raw = lines[i]
+            if not raw.strip():
+                continue
+            try:
+                good.append(_parse_json(raw, schema))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                on_rejected(_json_rejection(raw, first_line + i, err))
+
+    visit(0, len(lines))
+    good = [t for t in good if t.num_rows]
+    if not good:
+        return None
+    if schema is None:
+        # Without a schema each piece inferred its own: unify (widening where Arrow can).
+        return pa.concat_tables(good, promote_options="permissive")
+    return pa.concat_tables(good)
+
+
+def _json_rejection(raw: bytes, line: int, err: Exception) -> RejectedRow:
+    text = raw.decode("utf-8", "replace")[:RAW_ROW_LIMIT]
+    try:
+        value = json.loads(raw)
+    except UnicodeDecodeError:
+        return RejectedRow(line, "invalid_encoding", "line is not UTF-8", text)
+    except ValueError as jerr:
+        return RejectedRow(line, "malformed_json", str(jerr), text)
+    if not isinstance(value, dict):
+        return RejectedRow(line, "not_an_object", f"a JSON {type(value).__name__}, not an object", text)
+    message = str(err)
+    if "unexpected field" in message.lower():
+        return RejectedRow(line, "unexpected_field", message, text)
+    return RejectedRow(line, "type_mismatch", message, text)
+
+
+# -- CSV -------------------------------------------------------------------------------
+
+
+def _csv_tables(stream, on_rejected: OnRejected, block_bytes: int = BLOCK_BYTES) -> Iterator[pa.Table]:
+    """Read every column as text, then cast to the types inferred from the first block:
+    Arrow's streaming CSV reader cannot continue past a conversion error, and this way
+    a bad value rejects only its own row."""
+    header = stream.peek(block_bytes)[:block_bytes]
+    try:
+        sample = pacsv.read_csv(io.BytesIO(_whole_lines(header)),
+                                parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"))
+    except pa.ArrowInvalid as err:
+        if "Empty CSV file" in str(err):
+            raise UnreadableUpload("no_rows", "no header and no rows") from err
+        raise UnreadableUpload("invalid_header", str(err)) from err
+    schema = working_schema(sample.schema)
+    text_types = {name: pa.string() for name in schema.names}
+
+    def invalid_row(row) -> str:
+        on_rejected(RejectedRow(row.number or -1, "wrong_column_count",
+                                f"expected {row.expected_columns} columns, got {row.actual_columns}",
+                                (row.text or "")[:RAW_ROW_LIMIT]))
+        return "skip"
+
+    reader = pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(block_size=block_bytes),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=invalid_row, newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(column_types=text_types, strings_can_be_null=True),
+    )
+    next_line = 2  # the header is line 1
+    for batch in _checked_csv_batches(reader):
+        table = pa.Table.from_batches([batch])
+        lines = pa.array(range(next_line, next_line + table.num_rows), pa.int64())
+        next_line += table.num_rows
+        typed = _cast_rows(table, schema, lines, on_rejected)
+        if typed.num_rows:
+            yield typed
+
+
+def _checked_csv_batches(reader) -> Iterator[pa.RecordBatch]:
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except pa.ArrowInvalid as err:
+            raise UnreadableUpload("invalid_encoding" if "UTF8" in str(err) else "malformed_csv", str(err)) from err
+        yield batch
+
+
+def _whole_lines(data: bytes) -> bytes:
+    cut = data.rfind(b"\n")
+    return data if cut < 0 else data[:cut + 1]
+
+
+def _cast_rows(table: pa.Table, schema: pa.Schema, lines: pa.Array, on_rejected: OnRejected) -> pa.Table:
+    """Cast text columns to `schema`; rows with a value that will not cast are rejected."""
+    bad = pa.array([False] * table.num_rows)
+    reasons: dict[int, str] = {}
+    for field in schema:
+        if pa.types.is_string(field.type):
+            continue
+        col = table.column(field.name)
+        try:
+            col.cast(field.type)
+            continue
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+        # Rare path: find the values that do not cast, one by one.
+        for i, value in enumerate(col.to_pylist()):
+            if value is None or i in reasons:
+                continue
+            try:
+                pa.array([value]).cast(field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                reasons[i] = f"column {field.name!r}: {value[:200]!r} is not {field.type}"
+        bad = pc.or_(bad, pa.array([i in reasons for i in range(table.num_rows)]))
+    if reasons:
+        line_list = lines.to_pylist()
+        for i, detail in sorted(reasons.items()):
+            raw = ",".join("" if v is None else str(v) for v in table.slice(i, 1).to_pylist()[0].values())
+            on_rejected(RejectedRow(line_list[i], "type_mismatch", detail, raw[:RAW_ROW_LIMIT]))
+        table = table.filter(pc.invert(bad))
+    columns = [table.column(f.name).cast(f.type) for f in schema]
+    return normalise(pa.Table.from_arrays(columns, names=schema.names), schema)
+
+
+# -- Parquet ---------------------------------------------------------------------------
+
+
+def _parquet_tables(path: Path, gzipped: bool) -> Iterator[pa.Table]:
+    if gzipped:
+        raise UnreadableUpload("unsupported_format", "gzip around Parquet; Parquet compresses its own pages")
+    with open(path, "rb") as f:
+        head = f.read(4)
+        f.seek(-4, io.SEEK_END) if path.stat().st_size >= 8 else None
+        tail = f.read(4)
+    if head != b"PAR1" or tail != b"PAR1":
+        raise UnreadableUpload("unreadable_parquet", "missing Parquet magic bytes (not Parquet, or truncated)")
+    try:
+        parquet = pq.ParquetFile(path)
+        schema = working_schema(parquet.schema_arrow)
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            yield normalise(pa.Table.from_batches([batch]), schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
+        raise UnreadableUpload("unreadable_parquet", str(err)) from err
