@@ -321,18 +321,18 @@ class Catalog:
         ingested for the tenant meanwhile, by a run that committed first.
         """
         with self.engine.begin() as conn:
+            self._transition(conn, upload.id, from_state=LANDING, to_state=FRESH, actor=claimer, claimer=claimer,
+                             detail=detail, sha256=sha256, rows=rows, quarantined_rows=quarantined_rows,
+                             object_key=object_key)
             try:
-                with conn.begin_nested():
+                with conn.begin_nested():  # a savepoint, so the lookup below can still run
                     conn.execute(contents.insert().values(tenant=upload.tenant, sha256=sha256, upload_id=upload.id))
             except sa.exc.IntegrityError:
                 first = conn.execute(
                     sa.select(contents.c.upload_id).where(contents.c.tenant == upload.tenant,
                                                           contents.c.sha256 == sha256)
                 ).scalar_one()
-                raise DuplicateContent(first) from None
-            self._transition(conn, upload.id, from_state=LANDING, to_state=FRESH, actor=claimer, claimer=claimer,
-                             detail=detail, sha256=sha256, rows=rows, quarantined_rows=quarantined_rows,
-                             object_key=object_key)
+                raise DuplicateContent(first) from None  # rolls the transition back too
 
     def mark_duplicate(self, upload: Upload, claimer: str, *, sha256: str, first: Upload) -> None:
         with self.engine.begin() as conn:
@@ -418,12 +418,19 @@ def _make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
-            # WAL lets the sensor read while a run writes; foreign keys are off by default.
+            # pysqlite's own transaction handling breaks SAVEPOINTs: let SQLAlchemy emit
+            # BEGIN itself (the recipe from SQLAlchemy's SQLite dialect documentation).
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
+            # WAL lets the sensor read while a run writes; foreign keys are off by default.
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
             cur.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN")
 
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":

@@ -1,0 +1,104 @@
+import hashlib
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_platform import storage
+from data_platform.storage import LocalObjectStore, ObjectChanged, open_store
+
+
+def test_put_get_head_delete(store):
+    store.put_bytes("data/acme/t/a.bin", b"hello")
+    assert store.get_bytes("data/acme/t/a.bin") == b"hello"
+    info = store.head("data/acme/t/a.bin")
+    assert info.size == 5 and info.etag and info.last_modified.tzinfo is not None
+    store.delete("data/acme/t/a.bin")
+    assert store.head("data/acme/t/a.bin") is None
+    store.delete("data/acme/t/a.bin")  # idempotent
+
+
+def test_list_is_complete_past_one_page(store):
+    keys = {f"landing/acme/t/{i:05d}.jsonl" for i in range(1105)}
+    for key in keys:
+        store.put_bytes(key, b"{}\n")
+    store.put_bytes("landing2/other", b"x")
+    listed = {o.key for o in store.list("landing/")}
+    assert listed == keys
+
+
+def test_download_streams_and_hashes(store, tmp_path):
+    payload = b"x" * (20 * 1024 * 1024 + 3)
+    store.put_bytes("landing/a/b/big.bin", payload)
+    info = store.head("landing/a/b/big.bin")
+    sink = io.BytesIO()
+    got, sha = store.download("landing/a/b/big.bin", sink, if_etag=info.etag)
+    assert sink.getvalue() == payload
+    assert sha == hashlib.sha256(payload).hexdigest()
+    assert got.etag == info.etag
+
+
+def test_download_refuses_a_replaced_object(store):
+    store.put_bytes("landing/a/b/x.csv", b"one")
+    old = store.head("landing/a/b/x.csv")
+    with pytest.raises(ObjectChanged):
+        store.download("landing/a/b/x.csv", io.BytesIO(), if_etag="0" * 32)
+    store.delete("landing/a/b/x.csv")
+    with pytest.raises(ObjectChanged):
+        store.download("landing/a/b/x.csv", io.BytesIO(), if_etag=old.etag)
+
+
+def test_delete_if_unchanged_spares_a_newer_version(store):
+    store.put_bytes("landing/a/b/x.csv", b"one")
+    old = store.head("landing/a/b/x.csv")
+    store.put_bytes("landing/a/b/x.csv", b"two, newer")
+    assert store.delete_if_unchanged("landing/a/b/x.csv", old.etag) is False
+    assert store.get_bytes("landing/a/b/x.csv") == b"two, newer"
+
+
+def test_copy_and_pyarrow_filesystem_read_back(store, tmp_path):
+    table = pa.table({"a": [1, 2, 3]})
+    local = tmp_path / "t.parquet"
+    pq.write_table(table, local)
+    store.upload_file(local, "data/acme/t/t.parquet")
+    store.copy("data/acme/t/t.parquet", "archive/acme/t/t.parquet")
+    read = pq.read_table(store.fs_path("archive/acme/t/t.parquet"), filesystem=store.filesystem)
+    assert read.equals(table)
+
+
+def test_large_upload_uses_multipart(s3_store, tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)
+    local = tmp_path / "big.bin"
+    local.write_bytes(b"y" * (11 * 1024 * 1024))
+    s3_store.upload_file(local, "data/a/b/big.bin")
+    info = s3_store.head("data/a/b/big.bin")
+    assert info.size == 11 * 1024 * 1024
+    assert info.etag.endswith("-3")  # three parts: S3's multipart ETag form
+
+
+def test_local_store_cannot_escape_root(tmp_path):
+    store = LocalObjectStore(tmp_path / "root")
+    for key in ("../outside", "a/../../outside", "/etc/passwd", ".tmp/x", ""):
+        with pytest.raises(ValueError):
+            store.put_bytes(key, b"x")
+    assert not (tmp_path / "outside").exists()
+
+
+def test_local_writes_are_atomic_and_hide_temp_files(tmp_path):
+    store = LocalObjectStore(tmp_path / "root")
+    store.put_bytes("landing/a/b/x.csv", b"a,b\n1,2\n")
+    assert [o.key for o in store.list("")] == ["landing/a/b/x.csv"]
+    store.delete("landing/a/b/x.csv")
+    assert not (tmp_path / "root" / "landing").exists()  # empty folders tidied
+
+
+def test_open_store_by_url(tmp_path, s3_endpoint):
+    assert isinstance(open_store(str(tmp_path / "o")), LocalObjectStore)
+    assert isinstance(open_store((tmp_path / "o").as_uri()), LocalObjectStore)
+    s3 = open_store("s3://bucket/some/prefix")
+    assert (s3.bucket, s3.prefix) == ("bucket", "some/prefix/")
+    with pytest.raises(ValueError):
+        open_store("ftp://x/y")
+    with pytest.raises(ValueError):
+        open_store("s3:///nobucket")
