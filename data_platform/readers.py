@@ -205,17 +205,18 @@ def _blocks(stream, block_bytes: int) -> Iterator[tuple[bytes, int]]:
         line += block.count(b"\n")
 
 
-def _parse_json(data: bytes, schema: pa.Schema | None) -> pa.Table:
+def _parse_json(data: bytes, schema: pa.Schema | None, *, new_fields: bool = False) -> pa.Table:
     options = pajson.ParseOptions(
-        explicit_schema=schema, unexpected_field_behavior="error" if schema is not None else "infer"
+        explicit_schema=schema,
+        unexpected_field_behavior="infer" if schema is None or new_fields else "error",
     )
     return pajson.read_json(io.BytesIO(data), read_options=pajson.ReadOptions(block_size=max(len(data), 1 << 20)),
                             parse_options=options)
 
 
-def _jsonl_tables(stream, on_rejected: OnRejected, block_bytes: int = BLOCK_BYTES) -> Iterator[pa.Table]:
+def _jsonl_tables(stream, on_rejected: OnRejected, block_bytes: int | None = None) -> Iterator[pa.Table]:
     schema: pa.Schema | None = None
-    for block, first_line in _blocks(stream, block_bytes):
+    for block, first_line in _blocks(stream, block_bytes or BLOCK_BYTES):
         if not block.strip():
             continue
         if schema is None:
@@ -239,17 +240,28 @@ def _isolate_bad_json(lines: list[bytes], first_line: int, schema: pa.Schema | N
                       on_rejected: OnRejected) -> pa.Table | None:
     """Parse `lines`, rejecting exactly the ones that fail, by bisection.
 
-    Costs one parse per level for each bad line; good runs are parsed in bulk.
+    Costs one parse per level for each bad line; good runs are parsed in bulk. Without
+    a schema (the first block), the first segment that parses sets the types and later
+    segments may only add columns.
     """
     good: list[pa.Table] = []
+    inferred = schema is None
+    state = {"schema": schema}
+
+    def parse(data: bytes) -> pa.Table:
+        table = _parse_json(data, state["schema"], new_fields=inferred)
+        if inferred:
+            state["schema"] = table.schema if state["schema"] is None else pa.unify_schemas(
+                [state["schema"], table.schema], promote_options="permissive")
+        return table
 
     def visit(lo: int, hi: int) -> None:
         segment = lines[lo:hi]
         if not any(s.strip() for s in segment):
             return
-        if hi - lo > LINEWISE_BELOW or schema is None and lo == 0 and hi == len(lines):
+        if hi - lo > LINEWISE_BELOW or lo == 0 and hi == len(lines):
             try:
-                good.append(_parse_json(b"\n".join(segment), schema))
+                good.append(parse(b"\n".join(segment)))
                 return
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 if hi - lo > LINEWISE_BELOW:
@@ -262,7 +274,7 @@ def _isolate_bad_json(lines: list[bytes], first_line: int, schema: pa.Schema | N
             if not raw.strip():
                 continue
             try:
-                good.append(_parse_json(raw, schema))
+                good.append(parse(raw))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
                 on_rejected(_json_rejection(raw, first_line + i, err))
 
@@ -270,8 +282,8 @@ def _isolate_bad_json(lines: list[bytes], first_line: int, schema: pa.Schema | N
     good = [t for t in good if t.num_rows]
     if not good:
         return None
-    if schema is None:
-        # Without a schema each piece inferred its own: unify (widening where Arrow can).
+    if inferred:
+        # Pieces may differ by columns that appeared later: fill them with nulls.
         return pa.concat_tables(good, promote_options="permissive")
     return pa.concat_tables(good)
 
@@ -295,10 +307,11 @@ def _json_rejection(raw: bytes, line: int, err: Exception) -> RejectedRow:
 # -- CSV -------------------------------------------------------------------------------
 
 
-def _csv_tables(stream, on_rejected: OnRejected, block_bytes: int = BLOCK_BYTES) -> Iterator[pa.Table]:
+def _csv_tables(stream, on_rejected: OnRejected, block_bytes: int | None = None) -> Iterator[pa.Table]:
     """Read every column as text, then cast to the types inferred from the first block:
     Arrow's streaming CSV reader cannot continue past a conversion error, and this way
     a bad value rejects only its own row."""
+    block_bytes = block_bytes or BLOCK_BYTES
     header = stream.peek(block_bytes)[:block_bytes]
     try:
         sample = pacsv.read_csv(io.BytesIO(_whole_lines(header)),
@@ -310,23 +323,32 @@ def _csv_tables(stream, on_rejected: OnRejected, block_bytes: int = BLOCK_BYTES)
     schema = working_schema(sample.schema)
     text_types = {name: pa.string() for name in schema.names}
 
+    skipped: list[int] = []
+
     def invalid_row(row) -> str:
-        on_rejected(RejectedRow(row.number or -1, "wrong_column_count",
+        skipped.append(row.number)
+        on_rejected(RejectedRow(row.number, "wrong_column_count",
                                 f"expected {row.expected_columns} columns, got {row.actual_columns}",
                                 (row.text or "")[:RAW_ROW_LIMIT]))
         return "skip"
 
+    # Single-threaded parsing is what makes Arrow report line numbers of bad rows.
     reader = pacsv.open_csv(
         stream,
-        read_options=pacsv.ReadOptions(block_size=block_bytes),
+        read_options=pacsv.ReadOptions(block_size=block_bytes, use_threads=False),
         parse_options=pacsv.ParseOptions(invalid_row_handler=invalid_row, newlines_in_values=True),
         convert_options=pacsv.ConvertOptions(column_types=text_types, strings_can_be_null=True),
     )
     next_line = 2  # the header is line 1
     for batch in _checked_csv_batches(reader):
         table = pa.Table.from_batches([batch])
-        lines = pa.array(range(next_line, next_line + table.num_rows), pa.int64())
-        next_line += table.num_rows
+        # Lines of the kept rows: the batch's span minus the rows skipped within it
+        # (exact unless quoted values span lines).
+        span = range(next_line, next_line + table.num_rows + len(skipped))
+        dropped = set(skipped)
+        lines = pa.array([n for n in span if n not in dropped][:table.num_rows], pa.int64())
+        next_line = span.stop
+        skipped.clear()
         typed = _cast_rows(table, schema, lines, on_rejected)
         if typed.num_rows:
             yield typed
