@@ -122,6 +122,8 @@ def test_app_services_share_one_image_built_from_the_dockerfile(compose):
         assert build is not None, f"{name} has no build section"
         assert Path(build["context"]).resolve() == REPO
         assert build.get("dockerfile", "Dockerfile") == "Dockerfile"
+        assert services[name].get("init") is True, f"{name} needs an init to reap run subprocesses"
+        assert any(v["target"] == "/opt/dagster/home/storage" for v in services[name]["volumes"])
     assert DOCKERFILE.is_file()
 
 

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from data_platform.catalog.schema import audit_log, contents, metadata, uploads
+from data_platform.catalog.schema import VERSION_TABLE, audit_log, contents, metadata, uploads
 
 # The states of PRODUCT.md's "life of a file", plus `duplicate` (same bytes as an
 # earlier upload of the tenant) and `quarantined`.
@@ -176,7 +176,7 @@ class Catalog:
 
     def schema_revision(self) -> str | None:
         with self.engine.connect() as conn:
-            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
     def dispose(self) -> None:
         self.engine.dispose()

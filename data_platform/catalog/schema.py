@@ -9,6 +9,10 @@ BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 metadata = sa.MetaData()
 
+# Alembic's revision table for the catalog. Not the default `alembic_version`: Dagster's
+# PostgreSQL storage keeps its own there, and the two may share a database.
+VERSION_TABLE = "data_platform_schema_version"
+
 # One row per upload: an object version seen in landing. The unique identity makes
 # registration idempotent whatever the sensor or a retry does.
 uploads = sa.Table(

@@ -1,0 +1,213 @@
+"""Shared helpers for the benchmarks: test data, an S3 endpoint (moto), per-process
+peak RSS, tables. Nothing here is part of the platform."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DATA_DIR = BENCH_DIR / ".data"
+RESULTS_DIR = BENCH_DIR / "results"
+GEN_DATA = Path(os.environ.get("BENCH_GEN_DATA", "/work/shared/bench/gen_data.py"))
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+if str(REPO) not in sys.path:  # `python benchmarks/x.py` from anywhere, without installing
+    sys.path.insert(0, str(REPO))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- test data ------------------------------------------------------------------------
+
+
+def generated_jsonl(target_mb: float, seed: int = 42) -> tuple[Path, dict]:
+    """A JSONL file of about `target_mb` MB from gen_data.py, generated once and cached
+    in benchmarks/.data/ (reused while its .meta.json matches the arguments)."""
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    tag = f"{target_mb:g}".replace(".", "p")
+    path = DATA_DIR / f"jsonl_{tag}mb_seed{seed}.jsonl"
+    meta_path = Path(f"{path}.meta.json")
+    meta = _cached_meta(path, meta_path, seed)
+    if meta is not None:
+        log(f"using cached {path.name} ({meta['bytes'] / 1e6:.0f} MB, {meta['counts']['rows']} rows)")
+        return path, meta
+    partial = path.with_name(path.name + ".partial")
+    log(f"generating {path.name} (~{target_mb:g} MB) with {GEN_DATA} ...")
+    t = time.perf_counter()
+    subprocess.run([sys.executable, str(GEN_DATA), "--target-mb", str(target_mb), "--format", "jsonl",
+                    "--seed", str(seed), "--out", str(partial)], check=True, stderr=subprocess.DEVNULL)
+    meta = json.loads(Path(f"{partial}.meta.json").read_text())
+    meta["path"] = str(path)
+    meta["target_mb"] = target_mb
+    os.replace(partial, path)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    Path(f"{partial}.meta.json").unlink()
+    log(f"generated {path.name} in {time.perf_counter() - t:.0f} s")
+    return path, meta
+
+
+def _cached_meta(path: Path, meta_path: Path, seed: int) -> dict | None:
+    if not path.exists() or not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        return None
+    if meta.get("format") != "jsonl" or meta.get("seed") != seed or meta.get("bytes") != path.stat().st_size:
+        return None
+    return meta
+
+
+# -- S3 endpoint ------------------------------------------------------------------------
+
+
+class MotoServer:
+    """moto's S3 server on a free loopback port, in this process (a thread)."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        import logging
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+
+    def env(self) -> dict[str, str]:
+        return {**AWS_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def reset(self) -> None:
+        import requests
+
+        requests.post(f"{self.endpoint}/moto-api/reset", timeout=60).raise_for_status()
+
+    def stop(self) -> None:
+        self._server.stop()
+
+
+class MotoSubprocess:
+    """moto's S3 server in its own process, so it competes with the measured code for
+    neither the GIL nor memory accounting."""
+
+    def __init__(self):
+        code = (
+            "import sys\n"
+            "from moto.server import ThreadedMotoServer\n"
+            "import logging; logging.getLogger('werkzeug').setLevel(logging.ERROR)\n"
+            "s = ThreadedMotoServer(ip_address='127.0.0.1', port=0, verbose=False)\n"
+            "s.start()\n"
+            "print('%s %d' % s.get_host_and_port(), flush=True)\n"
+            "sys.stdin.read()\n"
+            "s.stop()\n"
+        )
+        self._proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True)
+        host, port = self._proc.stdout.readline().split()
+        self.endpoint = f"http://{host}:{port}"
+
+    def env(self) -> dict[str, str]:
+        return {**AWS_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+
+    def stop(self) -> None:
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+# -- measuring a child process -----------------------------------------------------------
+#
+# Peak RSS is the child's own VmHWM (/proc/self/status), which the child reports when
+# it is done. ru_maxrss from os.wait4 is NOT used as the measure: on Linux the child
+# starts as a (v)fork of this process, and exec() folds the parent's high-water RSS
+# into the child's maxrss, so a parent holding 1 GB in the moto server would make
+# every child look 1 GB big. It is kept in the results only as `wait4_maxrss_mb`.
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM), in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    wait4_maxrss_mb: float  # includes this process's RSS at spawn time: see above
+    wall_seconds: float  # process lifetime, start-up included
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> ChildRun:
+    """Run `cmd` as a child; exit code, wait4's maxrss and lifetime."""
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
+    return ChildRun(proc.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t)  # KiB on Linux
+
+
+# -- reporting ---------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    import pyarrow
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "pyarrow": pyarrow.__version__}
+    try:
+        with open("/proc/meminfo") as f:
+            info["mem_total_gb"] = round(int(f.readline().split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return info
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if n and _numeric(c) else c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def _numeric(text: str) -> bool:
+    return text.replace(",", "").replace(".", "").replace("x", "").replace("-", "").isdigit()
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

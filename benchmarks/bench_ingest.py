@@ -1,0 +1,328 @@
+#!/usr/bin/env python3
+"""Ingestion throughput and peak memory: our ingestion core vs pyarrow and pandas.
+
+    python benchmarks/bench_ingest.py [--mb 1000] [--also-mb 200] [--repeat 1]
+
+Every contender runs in its own child process (this script re-invoked with
+`--child NAME`). Its peak RSS is the child's own VmHWM, whole lifetime (see _common.py
+for why not wait4's ru_maxrss); its time is measured inside the child around the
+conversion only (interpreter start-up and imports excluded).
+
+Contenders, all JSONL -> Parquet (zstd):
+
+  pyarrow  pyarrow.json.open_json streamed batch by batch into pq.ParquetWriter
+           (16 MB blocks, the reader's block size in data_platform): the baseline
+  pandas   pandas.read_json(lines=True) then DataFrame.to_parquet
+  ours     the platform end to end against an S3 endpoint (moto, run in THIS process
+           so its memory is not the child's), catalog on SQLite in a temp dir: the
+           file is put at landing/bench/events/<file>.jsonl (not timed), then the
+           child times scan_landing(store, catalog) + ingest_pending(...) and checks
+           the upload is `fresh` with every row accounted for.
+
+Writes benchmarks/results/ingest.json and exits 1 if a target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    DATA_DIR, RESULTS_DIR, MotoServer, generated_jsonl, log, machine_info, own_peak_rss_mb, run_measured, table,
+    write_json,
+)
+
+CONTENDERS = ("pyarrow", "pandas", "ours")
+BUCKET = "bench-ingest"
+TENANT, DATASET = "bench", "events"
+BLOCK_BYTES = 16 * 1024 * 1024
+
+# Targets (from the issue).
+MIN_VS_PYARROW = 0.5  # ours MB/s >= 0.5 x pyarrow
+MIN_VS_PANDAS = 2.0  # ours MB/s >= 2 x pandas
+MAX_RSS_MB = 600.0  # ours peak RSS
+# "Memory does not grow with the input": RSS on the big file <= small file + noise.
+RSS_GROWTH_REL, RSS_GROWTH_ABS_MB = 0.10, 32.0
+
+
+# -- contenders (run in the child) -----------------------------------------------------
+
+
+def child_pyarrow(inp: Path, out: Path, _args) -> dict:
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    t = time.perf_counter()
+    reader = pajson.open_json(inp, read_options=pajson.ReadOptions(block_size=BLOCK_BYTES))
+    rows = 0
+    writer = None
+    for batch in reader:
+        if writer is None:
+            writer = pq.ParquetWriter(out, batch.schema, compression="zstd")
+        writer.write_batch(batch)
+        rows += batch.num_rows
+    if writer is not None:
+        writer.close()
+    return {"seconds": time.perf_counter() - t, "rows": rows}
+
+
+def child_pandas(inp: Path, out: Path, _args) -> dict:
+    import pandas as pd
+
+    t = time.perf_counter()
+    df = pd.read_json(inp, lines=True)
+    df.to_parquet(out, compression="zstd", index=False)
+    return {"seconds": time.perf_counter() - t, "rows": len(df)}
+
+
+def child_ours(inp: Path, _out: Path, args) -> dict:
+    import pyarrow.parquet as pq
+
+    from data_platform.catalog import FRESH, Catalog
+    from data_platform.ingestion import ingest_pending
+    from data_platform.intake import scan_landing
+    from data_platform.storage import open_store
+
+    landing_key = f"landing/{TENANT}/{DATASET}/{inp.name}"
+    with tempfile.TemporaryDirectory(prefix="bench-catalog-", dir=DATA_DIR) as tmp:
+        store = open_store(f"s3://{BUCKET}")
+        catalog = Catalog(f"sqlite:///{tmp}/catalog.db")  # migrations: not timed
+        profiler = _profiler(args)
+        t0 = time.perf_counter()
+        scan = scan_landing(store, catalog)
+        t1 = time.perf_counter()
+        result = ingest_pending(store, catalog, TENANT, DATASET, claimer="bench")
+        t2 = time.perf_counter()
+        _dump_profile(profiler, args)
+
+        assert scan.registered == 1 and (TENANT, DATASET) in scan.pending, scan
+        assert not result.failures, result.failures
+        assert len(result.outcomes) == 1, result.outcomes
+        outcome = result.outcomes[0]
+        assert outcome.landing_key == landing_key, outcome
+        assert outcome.state == FRESH, f"{outcome.state}: {outcome.reason}"
+        assert outcome.rows + outcome.quarantined_rows == args.expect_rows, (outcome.rows, outcome.quarantined_rows)
+        upload = catalog.get(outcome.upload_id)
+        assert upload.state == FRESH and upload.rows == outcome.rows, upload
+        meta = pq.ParquetFile(store.fs_path(outcome.object_key), filesystem=store.filesystem).metadata
+        assert meta.num_rows == outcome.rows, (meta.num_rows, outcome.rows)
+        assert store.head(landing_key) is None, "landing object not deleted"
+        data_bytes = store.head(outcome.object_key).size
+        catalog.dispose()
+    return {"seconds": t2 - t0, "scan_seconds": t1 - t0, "ingest_seconds": t2 - t1, "rows": outcome.rows,
+            "quarantined_rows": outcome.quarantined_rows, "output_bytes": data_bytes}
+
+
+def _profiler(args):
+    if not args.profile_to:
+        return None
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof
+
+
+def _dump_profile(prof, args) -> None:
+    if prof is None:
+        return
+    import pstats
+
+    prof.disable()
+    prof.dump_stats(args.profile_to)
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(30)
+
+
+def run_child(args) -> int:
+    inp = Path(args.input)
+    out = Path(args.output)
+    fn = {"pyarrow": child_pyarrow, "pandas": child_pandas, "ours": child_ours}[args.child]
+    try:
+        res = fn(inp, out, args)
+        if out.exists():
+            res["output_bytes"] = out.stat().st_size
+    finally:
+        out.unlink(missing_ok=True)
+    res["peak_rss_mb"] = own_peak_rss_mb()  # the whole child: imports, conversion, checks
+    Path(args.result).write_text(json.dumps(res))
+    return 0
+
+
+# -- orchestration (the parent) ---------------------------------------------------------
+
+
+def measure(name: str, inp: Path, meta: dict, moto: MotoServer | None, args) -> dict:
+    """Run one contender once in a child; returns its numbers."""
+    size = inp.stat().st_size
+    env = {}
+    if name == "ours":
+        moto.reset()
+        env = moto.env()
+        _put_landing(moto, inp)
+    with tempfile.TemporaryDirectory(prefix="bench-", dir=DATA_DIR) as tmp:
+        result_path = Path(tmp) / "result.json"
+        cmd = [sys.executable, __file__, "--child", name, "--input", str(inp), "--output", str(Path(tmp) / "out.parquet"),
+               "--result", str(result_path), "--expect-rows", str(meta["counts"]["rows"])]
+        if args.profile and name == "ours":
+            cmd += ["--profile-to", str(RESULTS_DIR / f"ingest_ours_{size // 10**6}mb.prof")]
+        log(f"{name}: {inp.name} ...")
+        child = run_measured(cmd, env)
+        if child.returncode != 0 or not result_path.exists():
+            log(f"{name}: FAILED (exit {child.returncode})")
+            return {"contender": name, "input": inp.name, "input_mb": size / 1e6, "ok": False,
+                    "error": f"exit code {child.returncode}", "wait4_maxrss_mb": child.wait4_maxrss_mb}
+        res = json.loads(result_path.read_text())
+    if moto is not None and name == "ours":
+        moto.reset()  # free the server's copy of the data
+    row = {"contender": name, "input": inp.name, "input_mb": size / 1e6, "ok": True, **res,
+           "mb_per_s": size / 1e6 / res["seconds"], "wait4_maxrss_mb": child.wait4_maxrss_mb,
+           "process_seconds": child.wall_seconds}
+    log(f"{name}: {row['seconds']:.1f} s, {row['mb_per_s']:.1f} MB/s, peak RSS {row['peak_rss_mb']:.0f} MB")
+    return row
+
+
+def _put_landing(moto: MotoServer, inp: Path) -> None:
+    from data_platform.storage import S3ObjectStore
+
+    saved = {k: os.environ.get(k) for k in moto.env()}
+    os.environ.update(moto.env())
+    try:
+        store = S3ObjectStore(BUCKET)
+        store.ensure_bucket()
+        t = time.perf_counter()
+        store.upload_file(inp, f"landing/{TENANT}/{DATASET}/{inp.name}")
+        log(f"ours: put {inp.name} into the bucket in {time.perf_counter() - t:.1f} s (not timed)")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def best(runs: list[dict]) -> dict:
+    """Fastest of the repeats, with the highest peak RSS seen over them."""
+    ok = [r for r in runs if r["ok"]]
+    if not ok:
+        return runs[-1]
+    fastest = dict(min(ok, key=lambda r: r["seconds"]))
+    fastest["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+    fastest["repeats"] = len(runs)
+    return fastest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=1000, help="size of the main input (MB, default 1000)")
+    ap.add_argument("--also-mb", type=float, default=200,
+                    help="a smaller input, to show memory does not grow with size (0 to skip)")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per contender and size; the fastest is kept")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
+                    + ",".join(CONTENDERS))
+    ap.add_argument("--profile", action="store_true", help="cProfile ours; stats to benchmarks/results/*.prof")
+    ap.add_argument("--out", default=str(RESULTS_DIR / "ingest.json"))
+    # internal: one contender in this (child) process
+    ap.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    ap.add_argument("--input", help=argparse.SUPPRESS)
+    ap.add_argument("--output", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--expect-rows", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--profile-to", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return run_child(args)
+
+    contenders = [c for c in args.contenders.split(",") if c]
+    sizes = [args.mb] + ([args.also_mb] if args.also_mb else [])
+    inputs = [generated_jsonl(mb, args.seed) for mb in sizes]
+
+    moto = MotoServer() if "ours" in contenders else None
+    runs: list[dict] = []
+    try:
+        for inp, meta in inputs:
+            for name in contenders:
+                runs.append(best([measure(name, inp, meta, moto, args) for _ in range(args.repeat)]))
+    finally:
+        if moto is not None:
+            moto.stop()
+
+    report = evaluate(runs, inputs, contenders)
+    report["machine"] = machine_info()
+    report["args"] = {"mb": args.mb, "also_mb": args.also_mb, "seed": args.seed, "repeat": args.repeat}
+    print_report(report)
+    write_json(Path(args.out), report)
+    print(f"\nresults: {args.out}")
+    return 0 if report["ok"] else 1
+
+
+def evaluate(runs: list[dict], inputs, contenders) -> dict:
+    main_name, small_name = inputs[0][0].name, (inputs[1][0].name if len(inputs) > 1 else None)
+
+    def get(name, inp):
+        return next((r for r in runs if r["contender"] == name and r["input"] == inp), None)
+
+    targets = []
+    ratios = {}
+    ours, pa_, pd_ = get("ours", main_name), get("pyarrow", main_name), get("pandas", main_name)
+    for r in runs:
+        if not r["ok"]:
+            targets.append({"target": f"{r['contender']} on {r['input']} runs", "value": r.get("error"),
+                            "ok": False})
+    if ours and ours["ok"]:
+        if pa_ and pa_["ok"]:
+            ratios["ours_vs_pyarrow"] = ours["mb_per_s"] / pa_["mb_per_s"]
+            targets.append({"target": f"ours >= {MIN_VS_PYARROW}x pyarrow MB/s", "value": ratios["ours_vs_pyarrow"],
+                            "ok": ratios["ours_vs_pyarrow"] >= MIN_VS_PYARROW})
+        if pd_ and pd_["ok"]:
+            ratios["ours_vs_pandas"] = ours["mb_per_s"] / pd_["mb_per_s"]
+            targets.append({"target": f"ours >= {MIN_VS_PANDAS}x pandas MB/s", "value": ratios["ours_vs_pandas"],
+                            "ok": ratios["ours_vs_pandas"] >= MIN_VS_PANDAS})
+        for r in runs:
+            if r["contender"] == "ours" and r["ok"]:
+                targets.append({"target": f"ours peak RSS < {MAX_RSS_MB:.0f} MB ({r['input']})",
+                                "value": r["peak_rss_mb"], "ok": r["peak_rss_mb"] < MAX_RSS_MB})
+        small = get("ours", small_name) if small_name else None
+        if small and small["ok"]:
+            allowed = small["peak_rss_mb"] * (1 + RSS_GROWTH_REL) + RSS_GROWTH_ABS_MB
+            ratios["ours_rss_big_vs_small"] = ours["peak_rss_mb"] / small["peak_rss_mb"]
+            targets.append({
+                "target": f"ours peak RSS {ours['input_mb']:.0f} MB input <= {small['input_mb']:.0f} MB input "
+                          f"(+{RSS_GROWTH_REL:.0%} +{RSS_GROWTH_ABS_MB:.0f} MB noise)",
+                "value": f"{ours['peak_rss_mb']:.0f} vs {small['peak_rss_mb']:.0f} MB (allowed {allowed:.0f})",
+                "ok": ours["peak_rss_mb"] <= allowed})
+    elif "ours" in contenders:
+        targets.append({"target": "ours runs", "value": "failed", "ok": False})
+    return {"inputs": [{"file": p.name, "bytes": m["bytes"], "rows": m["counts"]["rows"]} for p, m in inputs],
+            "runs": runs, "ratios": ratios, "targets": targets, "ok": all(t["ok"] for t in targets)}
+
+
+def print_report(report: dict) -> None:
+    print("\n== Ingestion: JSONL -> Parquet ==")
+    rows = []
+    for r in report["runs"]:
+        if r["ok"]:
+            rows.append([r["contender"], f"{r['input_mb']:.0f}", r["rows"], r["seconds"], r["mb_per_s"],
+                         r["peak_rss_mb"]])
+        else:
+            rows.append([r["contender"], f"{r['input_mb']:.0f}", "FAILED", "-", "-", "-"])
+    print(table(["contender", "input MB", "rows", "seconds", "MB/s", "peak RSS MB"], rows))
+    ours = [r for r in report["runs"] if r["contender"] == "ours" and r["ok"]]
+    for r in ours:
+        print(f"ours on {r['input_mb']:.0f} MB: scan_landing {r['scan_seconds']:.2f} s, "
+              f"ingest_pending {r['ingest_seconds']:.1f} s, {r['quarantined_rows']} rows quarantined")
+    print()
+    print(table(["target", "measured", "ok"],
+                [[t["target"], f"{t['value']:.2f}" if isinstance(t["value"], float) else t["value"],
+                  "yes" if t["ok"] else "MISSED"] for t in report["targets"]]))
+    print("\nALL TARGETS MET" if report["ok"] else "\nTARGET(S) MISSED")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
