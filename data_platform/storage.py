@@ -15,7 +15,7 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,8 +75,9 @@ class ObjectStore(ABC):
         """
 
     @abstractmethod
-    def upload_file(self, path: str | Path, key: str) -> None:
-        """Put a local file at `key`, all at once (multipart above 64 MB on S3)."""
+    def upload_file(self, path: str | Path, key: str, progress: Callable[[int], None] | None = None) -> None:
+        """Put a local file at `key`, all at once (multipart above 64 MB on S3).
+        `progress` is called with byte counts as they are sent."""
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None: ...
@@ -186,11 +187,13 @@ class LocalObjectStore(ObjectStore):
         tmp_dir.mkdir(exist_ok=True)
         return final, tmp_dir / uuid.uuid4().hex
 
-    def upload_file(self, path: str | Path, key: str) -> None:
+    def upload_file(self, path: str | Path, key: str, progress: Callable[[int], None] | None = None) -> None:
         final, tmp = self._atomic_target(key)
         shutil.copyfile(path, tmp)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, final)
+        if progress:
+            progress(os.path.getsize(final))
 
     def put_bytes(self, key: str, data: bytes) -> None:
         final, tmp = self._atomic_target(key)
@@ -288,11 +291,11 @@ class S3ObjectStore(ObjectStore):
             body.close()
         return info, sha
 
-    def upload_file(self, path: str | Path, key: str) -> None:
+    def upload_file(self, path: str | Path, key: str, progress: Callable[[int], None] | None = None) -> None:
         from boto3.s3.transfer import TransferConfig
 
         self._client.upload_file(
-            str(path), self.bucket, self._k(key),
+            str(path), self.bucket, self._k(key), Callback=progress,
             Config=TransferConfig(multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD),
         )
 

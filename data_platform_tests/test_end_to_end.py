@@ -49,8 +49,12 @@ def test_upload_to_fresh_on_postgres_instance_and_s3(s3_store, pg_catalog_url, p
     assert read_data(s3_store, upload.object_key).num_rows == 250
 
     # The statistics asset goes through the object-store IO manager into the bucket.
-    stats = dg.materialize([defs.resolve_assets_def("upload_statistics")], instance=instance, resources={
-        "catalog": CatalogResource(), "object_store_io_manager": defs.resources["object_store_io_manager"]})
+    from data_platform.defs.ingestion.assets import upload_statistics
+    from data_platform.defs.io_manager import ObjectStoreIOManager
+
+    stats = dg.materialize([upload_statistics], instance=instance, resources={
+        "catalog": CatalogResource(), "object_store_io_manager": ObjectStoreIOManager(
+            object_store=ObjectStoreResource())})
     assert stats.success
     table = pq.read_table(s3_store.fs_path("_platform/assets/upload_statistics/latest.parquet"),
                           filesystem=s3_store.filesystem)

@@ -1,0 +1,96 @@
+"""The CLI as scripts use it: `--json` on stdout only, one-line errors, exit codes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_platform.catalog import Catalog
+from data_platform.storage import open_store
+from data_platform_tests.support import ingest_everything, jsonl
+
+CLI = [str(Path(sys.executable).with_name("data-platform"))]
+
+
+def cli(env, *args, check=True):
+    out = subprocess.run(CLI + list(args), capture_output=True, text=True, env=env, timeout=120)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(params=["local", "s3"])
+def platform_env(request, tmp_path, pg_catalog_url):
+    import os
+
+    if request.param == "s3":
+        request.getfixturevalue("s3_store")  # fresh bucket on the S3 endpoint (sets AWS_* variables)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATA_PLATFORM_")}
+    env["DATA_PLATFORM_HOME"] = str(tmp_path / "home")
+    if request.param == "s3":
+        env["DATA_PLATFORM_STORAGE_URL"] = "s3://test-bucket/root"
+        env["DATA_PLATFORM_CATALOG_URL"] = pg_catalog_url
+    return env
+
+
+def test_upload_status_stats_round_trip(platform_env, tmp_path):
+    env = platform_env
+    data = tmp_path / "in" / "day1.jsonl"
+    data.parent.mkdir()
+    data.write_bytes(jsonl([{"id": i} for i in range(30)]))
+    (tmp_path / "in" / "sub").mkdir()
+    (tmp_path / "in" / "sub" / "bad.csv").write_bytes(b"")
+
+    uploaded = json.loads(cli(env, "upload", str(tmp_path / "in"), "--tenant", "acme", "--dataset", "tickets",
+                              "--json").stdout)
+    keys = sorted(u["key"] for u in uploaded["uploaded"])
+    assert len(keys) == 2 and all(k.startswith("landing/acme/tickets/") for k in keys)
+    assert keys[1].endswith("/sub/bad.csv") and keys[0].endswith("/day1.jsonl")
+
+    before = json.loads(cli(env, "status", "--json").stdout)
+    assert sorted((e["key"], e["state"]) for e in before) == [(k, "landing") for k in keys]
+
+    settings_env = {**env}
+    store_url = env.get("DATA_PLATFORM_STORAGE_URL") or str(tmp_path / "home" / "objects")
+    catalog_url = env.get("DATA_PLATFORM_CATALOG_URL") or f"sqlite:///{tmp_path / 'home' / 'catalog.db'}"
+    ingest_everything(open_store(store_url), Catalog(catalog_url))
+
+    status = {e["key"]: e for e in json.loads(cli(settings_env, "status", "--json").stdout)}
+    fresh = status[keys[0]]
+    assert set(fresh) >= {"key", "tenant", "dataset", "state", "sha256", "rows", "quarantined_rows", "reason",
+                          "object_key"}
+    assert (fresh["state"], fresh["rows"], fresh["tenant"], fresh["dataset"]) == ("fresh", 30, "acme", "tickets")
+    assert fresh["object_key"].startswith("data/acme/tickets/") and len(fresh["sha256"]) == 64
+    bad = status[keys[1]]
+    assert (bad["state"], bad["reason"]) == ("quarantined", "empty_file")
+
+    only_fresh = json.loads(cli(env, "status", "--state", "fresh", "--tenant", "acme", "--json").stdout)
+    assert [e["key"] for e in only_fresh] == [keys[0]]
+
+    stats = json.loads(cli(env, "stats", "--json").stdout)
+    assert stats["by_state"]["fresh"] == {"uploads": 1, "bytes": data.stat().st_size, "rows": 30,
+                                          "quarantined_rows": 0}
+    assert stats["by_state"]["quarantined"]["uploads"] == 1
+    assert stats["by_dataset"]["acme/tickets"]["fresh"]["rows"] == 30
+    assert stats["totals"]["uploads"] == 2
+
+
+def test_errors_are_one_line_on_stderr_and_nothing_on_stdout(platform_env, tmp_path):
+    out = cli(platform_env, "upload", str(tmp_path / "missing.csv"), "--tenant", "acme", "--dataset", "t",
+              "--json", check=False)
+    assert out.returncode != 0 and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 and "no such file" in out.stderr
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    out = cli(platform_env, "upload", str(tmp_path / "x.csv"), "--tenant", "../etc", "--dataset", "t", "--json",
+              check=False)
+    assert out.returncode != 0 and out.stdout == "" and "invalid tenant" in out.stderr
+    out = cli(platform_env, "status", "--state", "bogus", "--json", check=False)
+    assert out.returncode != 0 and out.stdout == "" and "unknown state" in out.stderr
+
+
+def test_status_on_an_empty_platform_is_an_empty_list(platform_env):
+    assert json.loads(cli(platform_env, "status", "--json").stdout) == []
+    stats = json.loads(cli(platform_env, "stats", "--json").stdout)
+    assert stats["totals"] == {"uploads": 0, "bytes": 0, "rows": 0, "quarantined_rows": 0}
