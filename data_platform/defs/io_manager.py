@@ -49,7 +49,7 @@ class ObjectStoreIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext):
         store = self.object_store.get_store()
-        base = self.base_key(context.upstream_output) if context.upstream_output else self.base_key(context)
+        base = self.base_key(context)  # an InputContext names the upstream asset and partition
         if store.exists(f"{base}.parquet"):
             table = pq.read_table(io.BytesIO(store.get_bytes(f"{base}.parquet")))
             return table.to_pandas() if context.dagster_type.typing_type is pd.DataFrame else table
