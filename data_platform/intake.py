@@ -26,6 +26,7 @@ class ScanResult:
     leftovers_removed: int = 0
     # (tenant, dataset) -> (newest pending upload id, attempts so far)
     pending: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)  # objects to retry next tick
 
 
 def scan_landing(store: ObjectStore, catalog: Catalog, *, actor: str = "sensor") -> ScanResult:
@@ -63,8 +64,12 @@ def scan_landing(store: ObjectStore, catalog: Catalog, *, actor: str = "sensor")
                 why = "key does not fit landing/{tenant}/{dataset}/{name}"
             except layout.InvalidKey as err:
                 why = str(err)
-            quarantine_invalid_key(store, catalog, upload, why, actor)
-            result.invalid_keys += 1
+            try:
+                quarantine_invalid_key(store, catalog, upload, why, actor)
+                result.invalid_keys += 1
+            except Exception as err:  # noqa: BLE001 - one bad object must not stop every tick
+                log.warning("could not quarantine %r yet (%s); retrying next tick", upload.landing_key, err)
+                result.errors.append(f"{upload.landing_key!r}: {type(err).__name__}: {err}")
 
     for upload in leftovers:
         if store.delete_if_unchanged(upload.landing_key, upload.etag):

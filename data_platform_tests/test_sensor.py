@@ -149,3 +149,17 @@ def test_failed_run_is_retried_under_a_new_run_key(env, monkeypatch):
     assert second != first
     assert run(instance, resources, "acme/tickets").success
     assert by_key(catalog)["landing/acme/tickets/a.jsonl"].state == FRESH
+
+
+def test_an_invalid_key_that_cannot_be_quarantined_yet_does_not_stop_the_tick(env, monkeypatch):
+    store, catalog, resources, instance = env
+    store.put_bytes("landing/NOPE/x/a.jsonl", b"{}\n")
+    store.put_bytes("landing/acme/tickets/ok.jsonl", jsonl(ROWS))
+    original = S3ObjectStore.copy
+    monkeypatch.setattr(S3ObjectStore, "copy", lambda *a, **k: (_ for _ in ()).throw(OSError("throttled")))
+    result = tick(instance, resources)
+    assert [r.partition_key for r in result.run_requests] == ["acme/tickets"]
+    assert by_key(catalog)["landing/NOPE/x/a.jsonl"].state == "landing"
+    monkeypatch.setattr(S3ObjectStore, "copy", original)
+    tick(instance, resources)
+    assert by_key(catalog)["landing/NOPE/x/a.jsonl"].state == QUARANTINED

@@ -24,6 +24,8 @@ def landing_sensor(
     context: dg.SensorEvaluationContext, object_store: ObjectStoreResource, catalog: CatalogResource
 ) -> dg.SensorResult | dg.SkipReason:
     scan = scan_landing(object_store.get_store(), catalog.get_catalog())
+    for error in scan.errors:
+        context.log.warning(f"will retry: {error}")
     if scan.invalid_keys or scan.leftovers_removed:
         context.log.info(f"quarantined {scan.invalid_keys} invalid key(s), "
                          f"removed {scan.leftovers_removed} already-ingested leftover(s)")
