@@ -19,6 +19,7 @@ import json
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -231,7 +232,7 @@ def _jsonl_tables(stream, on_rejected: OnRejected, block_bytes: int | None = Non
         try:
             table = _parse_json(block, schema)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            table = _isolate_bad_json(block.split(b"\n"), first_line, schema, on_rejected)
+            table = _check_json_lines(block.split(b"\n"), first_line, schema, on_rejected)
         if table is not None and table.num_rows:
             yield normalise(table, schema)
 
@@ -286,6 +287,105 @@ def _isolate_bad_json(lines: list[bytes], first_line: int, schema: pa.Schema | N
         # Pieces may differ by columns that appeared later: fill them with nulls.
         return pa.concat_tables(good, promote_options="permissive")
     return pa.concat_tables(good)
+
+
+def _check_json_lines(lines: list[bytes], first_line: int, schema: pa.Schema,
+                      on_rejected: OnRejected) -> pa.Table | None:
+    """A block Arrow refused: check each line against `schema` in one linear pass.
+
+    Used once the schema is known; costs a few times an Arrow parse, whatever the
+    number of bad lines (bisection would re-parse the block once per level per bad line).
+    """
+    fits = {f.name: _value_check(f.type) for f in schema}
+    good: list[dict] = []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        line = first_line + i
+        text = raw.decode("utf-8", "replace")[:RAW_ROW_LIMIT]
+        try:
+            row = json.loads(raw)
+        except UnicodeDecodeError:
+            on_rejected(RejectedRow(line, "invalid_encoding", "line is not UTF-8", text))
+            continue
+        except ValueError as err:
+            on_rejected(RejectedRow(line, "malformed_json", str(err), text))
+            continue
+        if not isinstance(row, dict):
+            on_rejected(RejectedRow(line, "not_an_object", f"a JSON {type(row).__name__}, not an object", text))
+            continue
+        extra = row.keys() - fits.keys()
+        if extra:
+            on_rejected(RejectedRow(line, "unexpected_field", f"fields not in the schema: {sorted(extra)}", text))
+            continue
+        bad = None
+        for name, value in row.items():
+            if value is None:
+                continue
+            converted = fits[name](value)
+            if converted is _MISFIT:
+                bad = f"column {name!r}: {str(value)[:200]!r} is not {schema.field(name).type}"
+                break
+            row[name] = converted
+        if bad:
+            on_rejected(RejectedRow(line, "type_mismatch", bad, text))
+            continue
+        good.append(row)
+    if not good:
+        return None
+    return pa.Table.from_pylist(good, schema=schema)
+
+
+_MISFIT = object()
+
+
+def _value_check(t: pa.DataType) -> Callable[[object], object]:
+    """A function returning the value as Arrow will take it, or _MISFIT."""
+    if pa.types.is_string(t):
+        return lambda v: v if isinstance(v, str) else _MISFIT
+    if pa.types.is_boolean(t):
+        return lambda v: v if isinstance(v, bool) else _MISFIT
+    if pa.types.is_integer(t):
+        return lambda v: v if isinstance(v, int) and not isinstance(v, bool) and -2**63 <= v < 2**63 else _MISFIT
+    if pa.types.is_floating(t):
+        return lambda v: float(v) if isinstance(v, int | float) and not isinstance(v, bool) else _MISFIT
+    if pa.types.is_timestamp(t):
+        def as_timestamp(v):
+            if not isinstance(v, str):
+                return _MISFIT
+            try:
+                ts = datetime.fromisoformat(v)
+            except ValueError:
+                return _MISFIT
+            return ts if ts.tzinfo else ts.replace(tzinfo=UTC)
+        return as_timestamp
+
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        item = _value_check(t.value_type)
+
+        def as_list(v):
+            if not isinstance(v, list):
+                return _MISFIT
+            out = [x if x is None else item(x) for x in v]
+            return _MISFIT if any(x is _MISFIT for x in out) else out
+        return as_list
+    if pa.types.is_struct(t):
+        members = {t.field(i).name: _value_check(t.field(i).type) for i in range(t.num_fields)}
+
+        def as_struct(v):
+            if not isinstance(v, dict) or v.keys() - members.keys():
+                return _MISFIT
+            out = {k: x if x is None else members[k](x) for k, x in v.items()}
+            return _MISFIT if any(x is _MISFIT for x in out.values()) else out
+        return as_struct
+
+    def other(v):  # any other type: let Arrow judge the one value
+        try:
+            pa.array([v], type=t)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+            return _MISFIT
+        return v
+    return other
 
 
 def _json_rejection(raw: bytes, line: int, err: Exception) -> RejectedRow:
