@@ -86,8 +86,11 @@ def pg_catalog_url(pg_database) -> str:
     url, _ = pg_database
     catalog_url = url.replace("postgresql://", "postgresql+psycopg2://")
     catalog = Catalog(catalog_url)
+    from data_platform.catalog import metadata
+
     with catalog.engine.begin() as conn:
-        conn.exec_driver_sql("TRUNCATE audit_log, contents, uploads RESTART IDENTITY CASCADE")
+        tables = ", ".join(t.name for t in metadata.sorted_tables)
+        conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
     return catalog_url
 
 

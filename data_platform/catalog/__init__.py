@@ -19,7 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from data_platform.catalog.schema import VERSION_TABLE, audit_log, contents, metadata, uploads
+from data_platform.catalog.schema import (
+    VERSION_TABLE, audit_log, contents, datasets, metadata, row_hashes, uploads,
+)
 
 # The states of PRODUCT.md's "life of a file", plus `duplicate` (same bytes as an
 # earlier upload of the tenant) and `quarantined`.
@@ -354,6 +356,64 @@ class Catalog:
         with self.engine.begin() as conn:
             self._transition(conn, upload.id, from_state=LANDING, to_state=DELETED, actor=claimer, claimer=claimer,
                              reason="vanished_before_ingestion")
+
+    # -- row-hash index (exact row dedup) -------------------------------------------
+
+    def dataset_id(self, tenant: str, dataset: str) -> int:
+        query = sa.select(datasets.c.id).where(datasets.c.tenant == tenant, datasets.c.dataset == dataset)
+        with self.engine.begin() as conn:
+            found = conn.execute(query).scalar()
+            if found is None:
+                conn.execute(self._upsert(datasets).on_conflict_do_nothing(index_elements=["tenant", "dataset"]),
+                             {"tenant": tenant, "dataset": dataset})
+                found = conn.execute(query).scalar_one()
+        return int(found)
+
+    def claim_row_hashes(self, dataset_id: int, upload_id: int, hashes: "np.ndarray") -> "np.ndarray":
+        """Claim distinct row hashes (int64) for an upload; returns a mask of the ones it
+        holds (newly claimed, or claimed by an earlier attempt of the same upload).
+
+        Inserted in hash order, so concurrent claims lock in the same order and cannot
+        deadlock; a conflicting insert waits for the other run's commit and yields. Only
+        the hashes held by other uploads (few) come back, through the raw DB-API cursor:
+        building result rows for every hash cost more than the insert.
+        """
+        import numpy as np
+
+        if len(hashes) == 0:
+            return np.zeros(0, dtype=bool)
+        ordered = np.sort(hashes).tolist()
+        with self.engine.begin() as conn:
+            cur = conn.connection.dbapi_connection.cursor()
+            try:
+                if self.engine.dialect.name == "postgresql":
+                    # One array literal: psycopg2 would send a list as ARRAY[...] SQL text.
+                    ordered = "{" + ",".join(map(str, ordered)) + "}"
+                    cur.execute("INSERT INTO row_hashes (dataset_id, row_hash, upload_id) "
+                                "SELECT %s, h, %s FROM unnest(%s::bigint[]) AS t(h) ON CONFLICT DO NOTHING",
+                                (dataset_id, upload_id, ordered))
+                    cur.execute("SELECT r.row_hash FROM row_hashes r JOIN unnest(%s::bigint[]) AS t(h) "
+                                "ON r.row_hash = t.h WHERE r.dataset_id = %s AND r.upload_id <> %s",
+                                (ordered, dataset_id, upload_id))
+                else:
+                    # SQLite has no arrays: bulk-load a temp table (plain executemany is fast).
+                    cur.execute("CREATE TEMP TABLE IF NOT EXISTS claim_rows (h INTEGER PRIMARY KEY)")
+                    cur.execute("DELETE FROM claim_rows")
+                    cur.executemany("INSERT OR IGNORE INTO claim_rows VALUES (?)", [(h,) for h in ordered])
+                    cur.execute("INSERT INTO row_hashes (dataset_id, row_hash, upload_id) "
+                                "SELECT ?, h, ? FROM claim_rows ORDER BY h ON CONFLICT DO NOTHING",
+                                (dataset_id, upload_id))
+                    cur.execute("SELECT r.row_hash FROM claim_rows c JOIN row_hashes r "
+                                "ON r.dataset_id = ? AND r.row_hash = c.h WHERE r.upload_id <> ?",
+                                (dataset_id, upload_id))
+                taken = [row[0] for row in cur.fetchall()]
+            finally:
+                cur.close()
+        return ~np.isin(hashes, np.array(taken, dtype=np.int64))
+
+    def release_row_hashes(self, upload_id: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(row_hashes.delete().where(row_hashes.c.upload_id == upload_id))
 
     # -- queries -------------------------------------------------------------------
 

@@ -67,3 +67,26 @@ audit_log = sa.Table(
     sa.Column("detail", sa.Text),
     sa.Index("ix_audit_log_upload", "upload_id"),
 )
+
+# Datasets by number, so the row-hash index stays narrow.
+datasets = sa.Table(
+    "datasets",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("dataset", sa.String(63), nullable=False),
+    sa.UniqueConstraint("tenant", "dataset", name="uq_datasets_name"),
+)
+
+# One row per distinct row content kept in a dataset (64-bit content hash),
+# owned by the upload that first kept it. The primary key makes "first one wins" hold
+# across concurrent runs; re-running the same upload finds its own rows again. No
+# foreign keys: two checks per inserted row made bulk claims five times slower.
+row_hashes = sa.Table(
+    "row_hashes",
+    metadata,
+    sa.Column("dataset_id", sa.BigInteger, primary_key=True),
+    sa.Column("row_hash", sa.BigInteger, primary_key=True),
+    sa.Column("upload_id", sa.BigInteger, nullable=False),
+    sa.Index("ix_row_hashes_upload", "upload_id"),
+)
