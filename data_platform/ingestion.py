@@ -12,7 +12,9 @@ landing until the catalog says where the upload went.
 
 import json
 import logging
+import queue
 import tempfile
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -209,19 +211,47 @@ def _report(upload: Upload, sha256: str | None, *, reason: str, detail: str, rej
 
 
 def _write_parquet(tables, path: Path) -> tuple[int, pa.Schema | None]:
-    """Stream tables into one Parquet file; returns (rows, schema)."""
-    writer: pq.ParquetWriter | None = None
+    """Stream tables into one Parquet file; returns (rows, schema).
+
+    Encoding and compression run in a writer thread while the next table is parsed
+    (both release the GIL), with at most two tables in flight to bound memory.
+    """
+    pending: queue.Queue = queue.Queue(maxsize=2)
+    failure: list[BaseException] = []
+    schema_seen: list[pa.Schema] = []
+
+    def write_all() -> None:
+        writer = None
+        try:
+            while (table := pending.get()) is not None:
+                if failure:
+                    continue  # drain, so the producer never blocks on a dead writer
+                try:
+                    if writer is None:
+                        writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+                        schema_seen.append(writer.schema)
+                    writer.write_table(table, row_group_size=128 * 1024)
+                except BaseException as err:  # noqa: BLE001 - handed to the producer
+                    failure.append(err)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    thread = threading.Thread(target=write_all, name="parquet-writer", daemon=True)
+    thread.start()
     rows = 0
     try:
         for table in tables:
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema, compression="zstd")
-            writer.write_table(table, row_group_size=128 * 1024)
+            if failure:
+                break
+            pending.put(table)
             rows += table.num_rows
     finally:
-        if writer is not None:
-            writer.close()
-    return rows, writer.schema if writer is not None else None
+        pending.put(None)
+        thread.join()
+    if failure:
+        raise failure[0]
+    return rows, schema_seen[0] if schema_seen else None
 
 
 def quarantine_invalid_key(store: ObjectStore, catalog: Catalog, upload: Upload, why: str, actor: str) -> None:
