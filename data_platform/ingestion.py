@@ -27,8 +27,8 @@ from data_platform import layout
 from data_platform.catalog import (
     DUPLICATE, FRESH, QUARANTINED, DELETED, Catalog, DuplicateContent, Upload,
 )
-from data_platform.readers import RejectedRow, UnreadableUpload, read_tables
-from data_platform.storage import ObjectChanged, ObjectStore
+from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
+from data_platform.storage import HashingReader, ObjectChanged, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -89,36 +89,31 @@ class Ingestor:
 
     def _ingest(self, upload: Upload, tmp: Path) -> Outcome:
         assert upload.tenant and upload.dataset, "uploads with invalid keys are quarantined by the sensor"
-        local = tmp / "upload"
+        filename = layout.LandingKey.parse(upload.landing_key).filename
+        rejects = _Rejects(tmp)
         try:
-            with open(local, "wb") as f:
-                info, sha256 = self.store.download(upload.landing_key, f, if_etag=upload.etag)
+            parsed = self._parse(upload, filename, tmp, rejects)
         except ObjectChanged:
             self.catalog.mark_vanished(upload, self.claimer)
             return Outcome(upload.id, upload.landing_key, DELETED, reason="vanished_before_ingestion")
+        finally:
+            rejects.close()
+        sha256, size, rows, schema, unreadable = parsed
 
         if upload.attempts > MAX_ATTEMPTS:
             return self._quarantine_whole(upload, sha256, "ingestion_failed",
                                           f"gave up after {upload.attempts - 1} failed attempts: {upload.detail}")
-
         first = self.catalog.first_copy(upload.tenant, sha256)
         if first is not None and first.id != upload.id:
             return self._duplicate(upload, sha256, first)
-
-        rejects = _Rejects(tmp)
-        data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
-        try:
-            rows, schema = _write_parquet(read_tables(local, layout.LandingKey.parse(upload.landing_key).filename,
-                                                      rejects), tmp / "data.parquet")
-        except UnreadableUpload as err:
-            rejects.close()
-            return self._quarantine_whole(upload, sha256, err.reason, err.detail)
-        rejects.close()
+        if unreadable is not None:
+            return self._quarantine_whole(upload, sha256, unreadable.reason, unreadable.detail)
         if rows == 0:
             reason = "no_valid_rows" if rejects.count else "no_rows"
             detail = f"all {rejects.count} rows rejected" if rejects.count else "the file holds no rows"
             return self._quarantine_whole(upload, sha256, reason, detail, rejects=rejects)
 
+        data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
         self.store.upload_file(tmp / "data.parquet", data_key)
         if rejects.count:
             self._write_rejects(upload, sha256, rejects, rows)
@@ -134,8 +129,37 @@ class Ingestor:
             return self._duplicate(upload, sha256, self.catalog.get(dup.first_upload_id))
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, FRESH, rows=rows, quarantined_rows=rejects.count,
-                       object_key=data_key, sha256=sha256, size=info.size, schema=schema,
+                       object_key=data_key, sha256=sha256, size=size, schema=schema,
                        rejected_by_reason=dict(rejects.by_reason))
+
+    def _parse(self, upload: Upload, filename: str, tmp: Path, rejects: "_Rejects"):
+        """Read the landing object once and parse it into `tmp/data.parquet`.
+
+        Text formats stream from the GET straight into the parser (download, hashing
+        and parsing overlap); Parquet needs random access and is downloaded first.
+        Returns (sha256, size, rows, schema, UnreadableUpload or None).
+        """
+        try:
+            fmt, _ = detect_format(filename)
+        except UnreadableUpload:
+            fmt = None
+        if fmt in ("jsonl", "csv"):
+            with self.store.open_read(upload.landing_key, if_etag=upload.etag) as (info, body):
+                source = HashingReader(body)
+                try:
+                    rows, schema = _write_parquet(read_stream_tables(source, filename, rejects), tmp / "data.parquet")
+                    unreadable = None
+                except UnreadableUpload as err:
+                    rows, schema, unreadable = 0, None, err
+                return source.hexdigest(), info.size, rows, schema, unreadable
+        local = tmp / "upload"
+        with open(local, "wb") as f:
+            info, sha256 = self.store.download(upload.landing_key, f, if_etag=upload.etag)
+        try:
+            rows, schema = _write_parquet(read_tables(local, filename, rejects), tmp / "data.parquet")
+        except UnreadableUpload as err:
+            return sha256, info.size, 0, None, err
+        return sha256, info.size, rows, schema, None
 
     def _duplicate(self, upload: Upload, sha256: str, first: Upload) -> Outcome:
         # A crashed earlier attempt may have written data for this upload: it goes.

@@ -78,14 +78,31 @@ def detect_format(filename: str) -> tuple[str, bool]:
 def read_tables(path: Path, filename: str, on_rejected: OnRejected) -> Iterator[pa.Table]:
     """Yield normalised tables from the file at `path` (named `filename` by its uploader)."""
     fmt, gzipped = detect_format(filename)
-    if path.stat().st_size == 0:
-        raise UnreadableUpload("empty_file", "the upload has no bytes")
-    if gzipped:
-        _check_gzip(path)
     if fmt == "parquet":
+        if path.stat().st_size == 0:
+            raise UnreadableUpload("empty_file", "the upload has no bytes")
         yield from _parquet_tables(path, gzipped)
         return
-    with _open_text_source(path, gzipped) as stream:
+    with open(path, "rb") as f:
+        yield from read_stream_tables(f, filename, on_rejected)
+
+
+def read_stream_tables(source, filename: str, on_rejected: OnRejected) -> Iterator[pa.Table]:
+    """Text formats (JSONL, CSV, gzipped or not) from a sequential stream: parsing can
+    start while the bytes are still arriving. Parquet needs `read_tables` (random access)."""
+    fmt, gzipped = detect_format(filename)
+    if fmt == "parquet":
+        raise ValueError("Parquet needs random access: use read_tables on a file")
+    raw = io.BufferedReader(source, buffer_size=1024 * 1024)
+    if not raw.peek(1):
+        raise UnreadableUpload("empty_file", "the upload has no bytes")
+    if gzipped:
+        if raw.peek(2)[:2] != b"\x1f\x8b":
+            raise UnreadableUpload("corrupt_compression", "named .gz but not gzip data")
+        stream = io.BufferedReader(_GzipErrors(gzip.GzipFile(fileobj=raw, mode="rb")), buffer_size=1024 * 1024)
+    else:
+        stream = raw
+    with stream:
         _sniff_text(stream)
         if fmt == "jsonl":
             yield from _jsonl_tables(stream, on_rejected)
@@ -94,12 +111,6 @@ def read_tables(path: Path, filename: str, on_rejected: OnRejected) -> Iterator[
 
 
 # -- whole-file checks ------------------------------------------------------------------
-
-
-def _check_gzip(path: Path) -> None:
-    with open(path, "rb") as f:
-        if f.read(2) != b"\x1f\x8b":
-            raise UnreadableUpload("corrupt_compression", "named .gz but not gzip data")
 
 
 class _GzipErrors(io.RawIOBase):
@@ -125,12 +136,6 @@ class _GzipErrors(io.RawIOBase):
     def close(self) -> None:
         self._raw.close()
         super().close()
-
-
-def _open_text_source(path: Path, gzipped: bool):
-    if gzipped:
-        return io.BufferedReader(_GzipErrors(gzip.open(path, "rb")), buffer_size=1024 * 1024)
-    return open(path, "rb", buffering=1024 * 1024)
 
 
 def _sniff_text(stream) -> None:

@@ -11,11 +11,13 @@ standard variables, so MinIO, AWS and any other implementation are configured al
 """
 
 import hashlib
+import io
 import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,11 +70,16 @@ class ObjectStore(ABC):
     def head(self, key: str) -> ObjectInfo | None: ...
 
     @abstractmethod
-    def download(self, key: str, dst: BinaryIO, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
-        """Copy the object into `dst` in one streaming read; return its info and sha256.
+    def open_read(self, key: str, *, if_etag: str | None = None) -> "AbstractContextManager[tuple[ObjectInfo, BinaryIO]]":
+        """The object as one sequential stream (a single GET on S3), with its info.
 
         With `if_etag`, raise `ObjectChanged` unless the object still has that tag.
         """
+
+    def download(self, key: str, dst: BinaryIO, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
+        """Copy the object into `dst` in one streaming read; return its info and sha256."""
+        with self.open_read(key, if_etag=if_etag) as (info, src):
+            return info, _copy_hashing(src, dst)
 
     @abstractmethod
     def upload_file(self, path: str | Path, key: str, progress: Callable[[int], None] | None = None) -> None:
@@ -169,17 +176,17 @@ class LocalObjectStore(ObjectStore):
         except FileNotFoundError:
             return None
 
-    def download(self, key: str, dst: BinaryIO, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
-        path = self._path(key)
+    @contextmanager
+    def open_read(self, key: str, *, if_etag: str | None = None) -> Iterator[tuple[ObjectInfo, BinaryIO]]:
         try:
-            with open(path, "rb") as src:
-                info = self._info(key, os.fstat(src.fileno()))
-                if if_etag is not None and info.etag != if_etag:
-                    raise ObjectChanged(key)
-                sha = _copy_hashing(src, dst)
+            src = open(self._path(key), "rb")
         except FileNotFoundError as err:
             raise ObjectChanged(key) from err
-        return info, sha
+        with src:
+            info = self._info(key, os.fstat(src.fileno()))
+            if if_etag is not None and info.etag != if_etag:
+                raise ObjectChanged(key)
+            yield info, src
 
     def _atomic_target(self, key: str) -> tuple[Path, Path]:
         final = self._path(key)
@@ -270,7 +277,8 @@ class S3ObjectStore(ObjectStore):
             raise
         return self._info(key, resp["ContentLength"], resp["ETag"], resp["LastModified"])
 
-    def download(self, key: str, dst: BinaryIO, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
+    @contextmanager
+    def open_read(self, key: str, *, if_etag: str | None = None) -> Iterator[tuple[ObjectInfo, BinaryIO]]:
         from botocore.exceptions import ClientError
 
         kwargs = {"Bucket": self.bucket, "Key": self._k(key)}
@@ -286,10 +294,9 @@ class S3ObjectStore(ObjectStore):
         info = self._info(key, resp["ContentLength"], resp["ETag"], resp["LastModified"])
         body = resp["Body"]
         try:
-            sha = _copy_hashing(body, dst)
+            yield info, body
         finally:
             body.close()
-        return info, sha
 
     def upload_file(self, path: str | Path, key: str, progress: Callable[[int], None] | None = None) -> None:
         from boto3.s3.transfer import TransferConfig
@@ -357,6 +364,39 @@ def _pyarrow_s3(session, client) -> pafs.S3FileSystem:
         frozen = creds.get_frozen_credentials()
         kwargs.update(access_key=frozen.access_key, secret_key=frozen.secret_key, session_token=frozen.token)
     return pafs.S3FileSystem(**kwargs)
+
+
+class HashingReader(io.RawIOBase):
+    """Pass a stream through, computing its sha256 on the way (so one GET can feed a
+    parser and the content hash at once)."""
+
+    def __init__(self, src):
+        self._src = src
+        self._digest = hashlib.sha256()
+        self.bytes_read = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._src.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self._digest.update(data)
+        self.bytes_read += n
+        return n
+
+    def hexdigest(self) -> str:
+        """The hash of the whole stream: reads (and hashes) whatever is left first."""
+        while self._src_read_rest():
+            pass
+        return self._digest.hexdigest()
+
+    def _src_read_rest(self) -> bool:
+        chunk = self._src.read(COPY_CHUNK)
+        self._digest.update(chunk)
+        self.bytes_read += len(chunk)
+        return bool(chunk)
 
 
 def _copy_hashing(src, dst: BinaryIO) -> str:

@@ -142,7 +142,7 @@ class ProcessDied(BaseException):
     """Not an Exception: nothing in the code catches it, as with a killed process."""
 
 
-@pytest.mark.parametrize("crash_at", ["download", "upload_file", "mark_fresh", "delete_if_unchanged"])
+@pytest.mark.parametrize("crash_at", ["open_read", "upload_file", "mark_fresh", "delete_if_unchanged"])
 def test_crash_at_each_step_loses_nothing_and_rerun_converges(s3_store, postgresql_catalog, monkeypatch, crash_at):
     """The process dies before reading, after writing data, at the commit, or after the
     commit but before the landing delete. The next tick and run converge."""

@@ -1,0 +1,676 @@
+"""Validation of Arrow tables against a data contract, with Great Expectations (GX 1.x).
+
+One `ContractValidator` per contract (per upload): it builds one ephemeral GX context,
+one pandas data source, one dataframe asset and one whole-dataframe batch definition,
+once, and reuses them for every table of the upload. `validate(table)` returns every
+expectation's outcome and, for each failing row, the name of the first expectation it
+fails: the reason code under which the caller quarantines the row.
+
+What runs where, for a table:
+
+  1. schema (GX, on a zero-row frame with the table's column names, cached per set of
+     column names): `column_exists:<col>` for each required column
+     (ExpectColumnToExist); `no_extra_columns` when the contract rejects extra columns
+     (ExpectTableColumnsToMatchSet, exact match on the contract columns present). A
+     missing required column fails every row; extra columns fail no row (the caller
+     decides about the whole file).
+  2. types (Arrow): a contract column whose type differs from the table's is cast
+     (safe cast; a string without an offset cast to a timestamp is taken as UTC, as
+     the readers do). Values that cannot be cast fail `type:<col>`; they are found by
+     bisecting only the columns whose vectorised cast failed. Those rows are left out
+     of the GX frame (their other checks would be noise), with their row numbers kept.
+  3. values (GX, on the cast data): `not_null:<col>` (required and primary-key
+     columns), `between:<col>` (min/max), `in_set:<col>` (allowed), `regex:<col>`
+     (Python `re.search`), `unique:<col>`, `primary_key` (one column:
+     ExpectColumnValuesToBeUnique; several: ExpectCompoundColumnsToBeUnique). GX
+     follows its own null rules: nulls never fail between/in_set/regex/unique.
+     Uniqueness is GX's: every row holding a duplicated key fails, the first
+     occurrence too, and only within the table passed in.
+
+The reason of a failing row follows the order of the outcomes: column_exists, type,
+then per contract column not_null, between, in_set, regex, unique, then primary_key.
+
+Exact failing rows, no cap: the frame handed to GX carries a named index `__row` (the
+row number in the table) and the result format is COMPLETE with
+`unexpected_index_column_names=["__row"]` and `exclude_unexpected_values=True`, so GX
+returns every failing row number as one list (its value lists, `unexpected_list` and
+`partial_unexpected_list`, stop at 200 and 20; the index list does not). Each
+outcome's index count is checked against GX's unexpected_count.
+
+Cost: GX spends ~15-20 ms of Python per expectation per validation, whatever the
+number of rows (metric graph building), plus a fingerprint of the whole frame in
+`get_batch`. So only the columns that have checks are converted to pandas, and with
+`skip_passing=True` (default) an expectation that cannot fail on the table is not sent
+to GX: not_null when Arrow counts no null (and no NaN), between when Arrow's min/max
+lie within the bounds, in_set when Arrow's distinct values are all allowed. Its
+outcome is reported as GX would (success, 0 unexpected). regex and uniqueness always
+run in GX. See benchmarks/bench_validation.py for numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    from data_platform.contracts import ColumnSpec, Contract
+
+log = logging.getLogger(__name__)
+
+ROW_INDEX = "__row"
+SAMPLE_SIZE = 20
+_LINEAR_BELOW = 16  # cast bisection: slices this short are cast value by value
+_LINEAR_SUSPECTS = 1024  # up to this many suspect values are cast one by one
+
+_RESULT_FORMAT = {
+    "result_format": "COMPLETE",
+    "unexpected_index_column_names": [ROW_INDEX],
+    # one list of row numbers instead of a dict per failing row with its value
+    "exclude_unexpected_values": True,
+    # pandas "query" is the whole index list again, as a string
+    "return_unexpected_index_query": False,
+    "partial_unexpected_count": SAMPLE_SIZE,
+}
+
+
+class ExpectationError(RuntimeError):
+    """GX could not evaluate an expectation, or returned an incomplete row list."""
+
+
+@dataclass
+class ExpectationOutcome:
+    name: str  # stable check name, e.g. "not_null:record_id", "primary_key"
+    expectation_type: str  # the GX expectation (snake case), or "arrow_cast" for type:<col>
+    column: str | None
+    success: bool
+    evaluated: int  # rows evaluated (for no_extra_columns: columns)
+    unexpected_count: int  # failing rows (for no_extra_columns: extra columns)
+    sample_unexpected: list = field(default_factory=list)  # <= 20 JSON-serialisable examples
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "expectation_type": self.expectation_type, "column": self.column,
+                "success": self.success, "evaluated": self.evaluated,
+                "unexpected_count": self.unexpected_count, "sample_unexpected": list(self.sample_unexpected)}
+
+
+@dataclass
+class ValidationResult:
+    outcomes: list[ExpectationOutcome]
+    failing_rows: dict[int, str]  # 0-based row in the table -> name of its first failing expectation
+    rows: int = 0  # rows in the table
+
+    @property
+    def failing_share(self) -> float:
+        return len(self.failing_rows) / self.rows if self.rows else 0.0
+
+    @property
+    def success(self) -> bool:
+        return all(o.success for o in self.outcomes)
+
+    def outcome(self, name: str) -> ExpectationOutcome | None:
+        return next((o for o in self.outcomes if o.name == name), None)
+
+
+def merge_outcomes(results: Iterable[ValidationResult | Sequence[ExpectationOutcome]]) -> list[ExpectationOutcome]:
+    """Outcomes of one upload from those of its tables: counts summed per check name
+    (in first-seen order), success only if every table succeeded, up to 20 samples."""
+    merged: dict[str, ExpectationOutcome] = {}
+    for result in results:
+        outcomes = result.outcomes if isinstance(result, ValidationResult) else result
+        for o in outcomes:
+            m = merged.get(o.name)
+            if m is None:
+                merged[o.name] = ExpectationOutcome(o.name, o.expectation_type, o.column, o.success, o.evaluated,
+                                                    o.unexpected_count, list(o.sample_unexpected[:SAMPLE_SIZE]))
+                continue
+            m.success = m.success and o.success
+            m.evaluated += o.evaluated
+            m.unexpected_count += o.unexpected_count
+            room = SAMPLE_SIZE - len(m.sample_unexpected)
+            if room > 0:
+                m.sample_unexpected.extend(o.sample_unexpected[:room])
+    return list(merged.values())
+
+
+# -- GX plumbing -------------------------------------------------------------------------
+
+
+class _GX:
+    """An ephemeral GX context with one pandas dataframe asset and its whole-dataframe
+    batch definition, built once; `run` validates a suite against one DataFrame."""
+
+    def __init__(self) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+        from great_expectations.validator.v1_validator import Validator
+
+        self.gx = gx
+        self.validator_class = Validator
+        self.context = gx.get_context(mode="ephemeral")
+        # tqdm bars ("Calculating Metrics") are on by default
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+        source = self.context.data_sources.add_pandas(name="tables")
+        asset = source.add_dataframe_asset(name="table")
+        self.batch_definition = asset.add_batch_definition_whole_dataframe("whole_table")
+
+    def suite(self, name: str, expectations: Iterable) -> Any:
+        suite = self.gx.ExpectationSuite(name=name)
+        for expectation in expectations:
+            suite.add_expectation(expectation)
+        return suite
+
+    def run(self, df: pd.DataFrame, suite) -> list:
+        # What `ValidationDefinition.run` does, minus keeping every result in the
+        # context's (in-memory) results store. `batch_definition.get_batch(...).validate`
+        # would build the batch twice, and each build fingerprints the whole frame.
+        validator = self.validator_class(batch_definition=self.batch_definition,
+                                         batch_parameters={"dataframe": df}, result_format=_RESULT_FORMAT)
+        return validator.validate_expectation_suite(suite).results
+
+
+def _meta_name(result) -> str:
+    return result.expectation_config.meta["name"]
+
+
+def _raise_on_exception(result) -> None:
+    info = result.exception_info or {}
+    infos = [info] if "raised_exception" in info else [v for v in info.values() if isinstance(v, dict)]
+    for i in infos:
+        if i.get("raised_exception"):
+            raise ExpectationError(f"GX could not evaluate {_meta_name(result)}: {i.get('exception_message')}")
+
+
+def _unexpected_rows(result) -> np.ndarray:
+    """Every failing row number of a map expectation result (checked against its count)."""
+    res = result.result or {}
+    count = int(res.get("unexpected_count") or 0)
+    index_list = res.get("unexpected_index_list") or []
+    if index_list and isinstance(index_list[0], dict) and isinstance(index_list[0].get(ROW_INDEX), list):
+        rows = np.asarray(index_list[0][ROW_INDEX][:200], dtype=np.int64)
+    else:  # one dict per row (exclude_unexpected_values ignored)
+        rows = np.asarray([d[ROW_INDEX] if isinstance(d, dict) else d for d in index_list], dtype=np.int64)
+    if len(rows) != count:
+        raise ExpectationError(f"GX returned {len(rows)} failing rows for {_meta_name(result)} "
+                               f"but counted {count} unexpected values")
+    return rows
+
+
+# -- samples ---------------------------------------------------------------------------------
+
+
+def _jsonable(value):
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _samples(columns: Sequence[pa.ChunkedArray | pa.Array], rows: np.ndarray) -> list:
+    if not columns or len(rows) == 0:
+        return []
+    head = pa.array(rows[:SAMPLE_SIZE], pa.int64())
+    values = [c.take(head).to_pylist() for c in columns]
+    if len(values) == 1:
+        return [_jsonable(v) for v in values[0]]
+    return [[_jsonable(v) for v in row] for row in zip(*values)]
+
+
+# -- casting ---------------------------------------------------------------------------------
+
+
+_DATE = r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+_SURELY_CASTABLE = {  # string shapes Arrow's safe cast accepts (calendar checks aside)
+    "timestamp": rf"^{_DATE}(?:[T ](?:[01]\d|2[0-3])(?::[0-5]\d(?::[0-5]\d(?:\.\d{{1,6}})?)?)?"
+                 r"(?:Z|[+-]\d{2}(?::?\d{2})?)?)?$",
+    "date": rf"^{_DATE}$",
+    "integer": r"^-?\d{1,18}$",
+    "float": r"^-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?$",
+    "boolean": r"^(?:true|false|True|False|TRUE|FALSE|0|1)$",
+}
+_OFFSET = r"[T ]\d{2}(?::\d{2}){0,2}(?:\.\d+)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"  # a time with a zone
+_CAST_ERRORS = (pa.ArrowInvalid, OverflowError)
+
+
+def _caster(source: pa.DataType, target: pa.DataType) -> Callable[..., pa.Array]:
+    """`cast(values, mode)`: the array of `source` cast to `target` (safe), raising on a
+    value that does not fit. Strings without an offset and naive timestamps become UTC
+    (or the target's zone), as the readers take them. For strings to a zoned timestamp,
+    `mode` says what is tried: "offset" only strings with an offset (a failing naive
+    cast of a whole column is slow: ~30 ms per 32k rows), "either" with an offset or
+    all without, "mixed" also both kinds in one array (a regex pass more)."""
+    if pa.types.is_timestamp(target) and target.tz is not None and (
+            pa.types.is_string(source) or pa.types.is_large_string(source)):
+        naive = pa.timestamp(target.unit)
+
+        def as_naive(values: pa.Array) -> pa.Array:
+            return pc.assume_timezone(pc.cast(values, naive), target.tz).cast(target)
+
+        def cast(values: pa.Array, mode: str = "either") -> pa.Array:
+            try:
+                return pc.cast(values, target)
+            except pa.ArrowInvalid:
+                if mode == "offset":
+                    raise
+                if mode == "either":
+                    return as_naive(values)
+            try:
+                return as_naive(values)
+            except pa.ArrowInvalid:
+                pass
+            offset = pc.match_substring_regex(values, _OFFSET)
+            with_offset = pc.cast(pc.if_else(offset, values, None), target)
+            without = as_naive(pc.if_else(offset, None, values))
+            return pc.if_else(offset, with_offset, without)
+        return cast
+    if pa.types.is_timestamp(target) and pa.types.is_timestamp(source) and source.tz is None and target.tz:
+        return lambda values, mode="either": pc.assume_timezone(values, target.tz).cast(target)
+    return lambda values, mode="either": pc.cast(values, target)
+
+
+def _suspects(values: pa.Array, target_kind: str | None) -> np.ndarray:
+    """Rows of the non-null values that might not cast; the others surely do (or the
+    final cast finds them). Without a known shape: every non-null value."""
+    t = values.type
+    sure = None
+    if target_kind in _SURELY_CASTABLE and (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        sure = pc.match_substring_regex(values, _SURELY_CASTABLE[target_kind])
+    elif target_kind == "integer" and pa.types.is_floating(t):
+        sure = pc.and_(pc.equal(values, pc.trunc(values)), pc.less(pc.abs(values), 2.0 ** 63))
+    elif target_kind == "float" and pa.types.is_integer(t):
+        sure = pc.less_equal(pc.abs(values), 2 ** 53)
+    if sure is None:
+        return np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
+    sure = pc.fill_null(sure, True).to_numpy(zero_copy_only=False).copy()
+    if target_kind in ("timestamp", "date"):
+        _drop_impossible_days(values, sure)
+    return np.flatnonzero(~sure)
+
+
+_DAYS_IN_MONTH = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _drop_impossible_days(values: pa.Array, sure: np.ndarray) -> None:
+    """Unmark the ISO dates of a sure shape that are not in the calendar (2024-02-30)."""
+    rows = np.flatnonzero(sure & values.is_valid().to_numpy(zero_copy_only=False))
+    if len(rows) == 0:
+        return
+    head = pc.utf8_slice_codeunits(values.take(pa.array(rows, pa.int64())), 0, 10)
+    part = lambda a, b: pc.cast(pc.utf8_slice_codeunits(head, a, b), pa.int32()).to_numpy()  # noqa: E731
+    year, month, day = part(0, 4), part(5, 7), part(8, 10)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    last = _DAYS_IN_MONTH[month - 1] + ((month == 2) & leap)
+    sure[rows[day > last]] = False
+
+
+def _bad_positions(values: pa.Array, cast, linear: bool = False) -> list[int]:
+    """Positions of the values that do not cast, by bisection: a slice that casts is
+    done with in one call; short slices (or all, if `linear`) are tried value by value."""
+    bad: list[int] = []
+    if linear:
+        for i in range(len(values)):
+            try:
+                cast(values.slice(i, 1))
+            except _CAST_ERRORS:
+                bad.append(i)
+        return bad
+
+    def walk(offset: int, length: int) -> None:
+        part = values.slice(offset, length)
+        try:
+            cast(part)
+            return
+        except _CAST_ERRORS:
+            pass
+        if length <= _LINEAR_BELOW:
+            for i in range(length):
+                try:
+                    cast(part.slice(i, 1))
+                except _CAST_ERRORS:
+                    bad.append(offset + i)
+            return
+        half = length // 2
+        walk(offset, half)
+        walk(offset + half, length - half)
+
+    if len(values):
+        walk(0, len(values))
+    return bad
+
+
+def _null_at(values: pa.Array, rows: np.ndarray) -> pa.Array:
+    if len(rows) == 0:
+        return values
+    mask = np.zeros(len(values), dtype=bool)
+    mask[rows] = True
+    return pc.if_else(pa.array(mask), pa.scalar(None, values.type), values)
+
+
+def _cast_column(column: pa.ChunkedArray, target: pa.DataType,
+                 target_kind: str | None = None) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """(column cast to `target`, with nulls for the values that cannot be cast; their rows).
+
+    The whole column is cast at once (safe cast). Only if that fails: the values whose
+    text is not of a shape that surely casts (an ISO date/timestamp in the calendar, a
+    number...) are tried one by one, then the column with those nulled is cast at
+    once again; if that still fails, a bisection over the whole column finds the rest."""
+    cast = _caster(column.type, target)
+    values = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    try:
+        return pa.chunked_array([cast(values, "offset")], target), np.empty(0, np.int64)
+    except pa.ArrowNotImplementedError:  # no such cast at all: every non-null value fails
+        bad = np.flatnonzero(values.is_valid().to_numpy(zero_copy_only=False))
+        return pa.chunked_array([pa.nulls(len(values), target)], target), bad
+    except _CAST_ERRORS:
+        pass
+    suspects = _suspects(values, target_kind)
+    picked = values.take(pa.array(suspects, pa.int64())) if len(suspects) < len(values) else values
+    # suspects are mostly bad: value by value, unless there are many
+    linear = len(suspects) <= _LINEAR_SUSPECTS and len(suspects) < len(values)
+    bad = suspects[np.asarray(_bad_positions(picked, cast, linear), dtype=np.int64)]
+    try:
+        cast_values = cast(_null_at(values, bad), "mixed")
+    except _CAST_ERRORS:
+        masked = _null_at(values, bad)
+        more = _bad_positions(masked, lambda v: cast(v, "mixed"))
+        bad = np.union1d(bad, np.asarray(more, dtype=np.int64))
+        cast_values = cast(_null_at(values, bad), "mixed")
+    return pa.chunked_array([cast_values], target), bad.astype(np.int64)
+
+
+# -- checks ----------------------------------------------------------------------------------
+
+
+def _has_nan(column: pa.ChunkedArray) -> bool:
+    return pa.types.is_floating(column.type) and bool(pc.any(pc.is_nan(column)).as_py())
+
+
+def _pd_value(spec: "ColumnSpec", value):
+    """A contract value as pandas holds the column (timestamps as pd.Timestamp)."""
+    if spec.type == "timestamp" and value is not None:
+        return pd.Timestamp(value)
+    return value
+
+
+@dataclass(frozen=True)
+class _Check:
+    name: str
+    columns: tuple[str, ...]
+    build: Callable[[], Any]  # a fresh GX expectation
+    can_fail: Callable[[pa.ChunkedArray], bool] | None = None  # Arrow pre-check on the single column
+    samples: bool = True
+
+    @property
+    def column(self) -> str | None:
+        return self.columns[0] if len(self.columns) == 1 else None
+
+
+def _value_checks(contract: "Contract", expectations) -> list[_Check]:
+    E = expectations
+    checks: list[_Check] = []
+    pk = tuple(contract.primary_key)
+    for spec in contract.columns:
+        col = spec.name
+        meta = lambda kind, col=col: {"name": f"{kind}:{col}"}  # noqa: E731
+        if spec.required or col in pk:
+            checks.append(_Check(
+                f"not_null:{col}", (col,), lambda col=col, m=meta("not_null"): E.ExpectColumnValuesToNotBeNull(column=col, meta=m),
+                can_fail=lambda c: c.null_count > 0 or _has_nan(c), samples=False))
+        if spec.min is not None or spec.max is not None:
+            lo, hi = _pd_value(spec, spec.min), _pd_value(spec, spec.max)
+            numeric = spec.type in ("integer", "float")
+
+            def can_fail_between(c, lo=lo, hi=hi):
+                mm = pc.min_max(c).as_py() if len(c) else {"min": None, "max": None}
+                if mm["min"] is None:  # only nulls: nothing to compare
+                    return False
+                return not ((lo is None or mm["min"] >= lo) and (hi is None or mm["max"] <= hi))
+            checks.append(_Check(
+                f"between:{col}", (col,),
+                lambda col=col, lo=lo, hi=hi, m=meta("between"): E.ExpectColumnValuesToBeBetween(
+                    column=col, min_value=lo, max_value=hi, meta=m),
+                can_fail=can_fail_between if numeric else None))
+        if spec.allowed is not None:
+            allowed = [_pd_value(spec, v) for v in spec.allowed]
+            exact = spec.type in ("string", "integer", "boolean")
+            allowed_set = frozenset(spec.allowed) if exact else frozenset()
+
+            def can_fail_in_set(c, allowed_set=allowed_set):
+                distinct = pc.unique(c.drop_null() if c.null_count else c).to_pylist()
+                return not allowed_set.issuperset(distinct)
+            checks.append(_Check(
+                f"in_set:{col}", (col,),
+                lambda col=col, allowed=allowed, m=meta("in_set"): E.ExpectColumnValuesToBeInSet(
+                    column=col, value_set=allowed, meta=m),
+                can_fail=can_fail_in_set if exact else None))
+        if spec.regex is not None:
+            checks.append(_Check(
+                f"regex:{col}", (col,),
+                lambda col=col, rx=spec.regex, m=meta("regex"): E.ExpectColumnValuesToMatchRegex(column=col, regex=rx, meta=m)))
+        if spec.unique and pk != (col,):
+            checks.append(_Check(
+                f"unique:{col}", (col,),
+                lambda col=col, m=meta("unique"): E.ExpectColumnValuesToBeUnique(column=col, meta=m)))
+    if len(pk) == 1:
+        checks.append(_Check("primary_key", pk, lambda: E.ExpectColumnValuesToBeUnique(
+            column=pk[0], meta={"name": "primary_key"})))
+    elif len(pk) > 1:  # ExpectCompoundColumnsToBeUnique refuses fewer than two columns
+        checks.append(_Check("primary_key", pk, lambda: E.ExpectCompoundColumnsToBeUnique(
+            column_list=list(pk), meta={"name": "primary_key"})))
+    return checks
+
+
+def _type_name(expectation) -> str:
+    return expectation.expectation_type
+
+
+def _row_index(rows: np.ndarray | None, n: int) -> pd.Index:
+    return pd.RangeIndex(n, name=ROW_INDEX) if rows is None else pd.Index(rows, name=ROW_INDEX)
+
+
+# -- validators ------------------------------------------------------------------------------
+
+
+class ContractValidator:
+    """Validates tables against one contract; build once per upload (the GX context and
+    suites are made here and reused), then call `validate` for each table."""
+
+    def __init__(self, contract: "Contract", *, skip_passing: bool = True):
+        self.contract = contract
+        self.skip_passing = skip_passing
+        self._gx = _GX()
+        self._checks = _value_checks(contract, self._gx.gx.expectations)
+        self._check_types = {c.name: _type_name(c.build()) for c in self._checks}
+        self._suites: dict[tuple[str, ...], Any] = {}
+        self._schema_outcomes: dict[tuple[str, ...], list[tuple[str, str, str | None, bool, list]]] = {}
+        self._targets = {c.name: c.arrow_type() for c in contract.columns}
+        self.gx_runs = 0  # validations sent to GX (for benchmarks and tests)
+
+    merge = staticmethod(merge_outcomes)
+
+    # schema ------------------------------------------------------------------------------
+
+    def _schema_checks(self, names: tuple[str, ...]):
+        """[(name, expectation_type, column, success, sample)] for these column names, by
+        GX on a zero-row frame; cached, as every table of an upload has the same names."""
+        cached = self._schema_outcomes.get(names)
+        if cached is not None:
+            return cached
+        E = self._gx.gx.expectations
+        expectations = [E.ExpectColumnToExist(column=c.name, meta={"name": f"column_exists:{c.name}"})
+                        for c in self.contract.columns if c.required]
+        if self.contract.extra_columns == "reject":
+            present = [c.name for c in self.contract.columns if c.name in names]
+            expectations.append(E.ExpectTableColumnsToMatchSet(
+                column_set=present, exact_match=True, meta={"name": "no_extra_columns"}))
+        out = []
+        if expectations:
+            frame = pd.DataFrame({n: pd.Series([], dtype=object) for n in names})
+            by_name = {_meta_name(r): r for r in self._gx.run(frame, self._gx.suite("schema", expectations))}
+            self.gx_runs += 1
+            for e in expectations:
+                r = by_name[e.meta["name"]]
+                _raise_on_exception(r)
+                sample = []
+                if e.meta["name"] == "no_extra_columns":
+                    mismatched = ((r.result or {}).get("details") or {}).get("mismatched") or {}
+                    sample = list(mismatched.get("unexpected", []))
+                out.append((e.meta["name"], e.expectation_type, getattr(e, "column", None), bool(r.success), sample))
+        self._schema_outcomes[names] = out
+        return out
+
+    # values --------------------------------------------------------------------------------
+
+    def _suite(self, names: tuple[str, ...]):
+        suite = self._suites.get(names)
+        if suite is None:
+            wanted = set(names)
+            suite = self._gx.suite("contract", [c.build() for c in self._checks if c.name in wanted])
+            self._suites[names] = suite
+        return suite
+
+    def validate(self, table: pa.Table) -> ValidationResult:
+        n = table.num_rows
+        present = set(table.column_names)
+        outcomes: list[ExpectationOutcome] = []
+        failing: list[tuple[str, np.ndarray]] = []  # in reason order
+
+        for name, etype, column, success, sample in self._schema_checks(tuple(table.column_names)):
+            if name == "no_extra_columns":
+                outcomes.append(ExpectationOutcome(name, etype, None, success, table.num_columns,
+                                                   len(sample), sample[:SAMPLE_SIZE]))
+                continue
+            outcomes.append(ExpectationOutcome(name, etype, column, success, n, 0 if success else n, []))
+            if not success:
+                failing.append((name, np.arange(n, dtype=np.int64)))
+
+        # types, in Arrow
+        columns: dict[str, pa.ChunkedArray] = {}
+        type_bad = np.zeros(n, dtype=bool)
+        for spec in self.contract.columns:
+            if spec.name not in present:
+                continue
+            original = table.column(spec.name)
+            target = self._targets[spec.name]
+            if original.type == target:
+                cast, bad = original, np.empty(0, np.int64)
+            else:
+                cast, bad = _cast_column(original, target, spec.type)
+            columns[spec.name] = cast
+            name = f"type:{spec.name}"
+            outcomes.append(ExpectationOutcome(name, "arrow_cast", spec.name, len(bad) == 0, n, len(bad),
+                                               _samples([original], bad)))
+            if len(bad):
+                failing.append((name, bad))
+                type_bad[bad] = True
+
+        # values, in GX
+        checks = [c for c in self._checks if all(col in columns for col in c.columns)]
+        kept_rows = None
+        gx_columns = columns
+        if type_bad.any():
+            kept_rows = np.flatnonzero(~type_bad)
+            take = pa.array(kept_rows, pa.int64())
+            gx_columns = {k: v.take(take) for k, v in columns.items()}
+        evaluated = n if kept_rows is None else len(kept_rows)
+        to_run = []
+        skipped = set()
+        for c in checks:
+            if evaluated == 0 or (self.skip_passing and c.can_fail is not None
+                                  and not c.can_fail(gx_columns[c.columns[0]])):
+                skipped.add(c.name)
+            else:
+                to_run.append(c)
+        results = {}
+        if to_run:
+            used = list(dict.fromkeys(col for c in to_run for col in c.columns))
+            frame = pa.table({col: gx_columns[col] for col in used}).to_pandas()
+            frame.index = _row_index(kept_rows, evaluated)
+            suite = self._suite(tuple(c.name for c in to_run))
+            results = {_meta_name(r): r for r in self._gx.run(frame, suite)}
+            self.gx_runs += 1
+        for c in checks:
+            etype = self._check_types[c.name]
+            if c.name in skipped:
+                outcomes.append(ExpectationOutcome(c.name, etype, c.column, True, evaluated, 0, []))
+                continue
+            r = results[c.name]
+            _raise_on_exception(r)
+            rows = _unexpected_rows(r)
+            sample = _samples([columns[col] for col in c.columns], rows) if c.samples else []
+            outcomes.append(ExpectationOutcome(c.name, etype, c.column, bool(r.success), evaluated, len(rows), sample))
+            if len(rows):
+                failing.append((c.name, rows))
+
+        return ValidationResult(outcomes, _first_reasons(failing, n), n)
+
+
+def _first_reasons(failing: list[tuple[str, np.ndarray]], n: int) -> dict[int, str]:
+    if not failing:
+        return {}
+    reason = np.full(n, -1, dtype=np.int32)
+    for k, (_, rows) in enumerate(failing):
+        fresh = rows[reason[rows] < 0]
+        reason[fresh] = k
+    rows = np.flatnonzero(reason >= 0)
+    names = [name for name, _ in failing]
+    return {int(r): names[k] for r, k in zip(rows.tolist(), reason[rows].tolist())}
+
+
+class BasicValidator:
+    """For datasets without a contract: table-level GX checks only (at least one column,
+    at least one row). They produce outcomes but never fail a row."""
+
+    def __init__(self, table_schema: pa.Schema):
+        self.schema = table_schema
+        self._gx = _GX()
+        E = self._gx.gx.expectations
+        self._suite = self._gx.suite("basic", [
+            E.ExpectTableColumnCountToBeBetween(min_value=1, meta={"name": "column_count"}),
+            E.ExpectTableRowCountToBeBetween(min_value=1, meta={"name": "row_count"}),
+        ])
+        self.gx_runs = 0
+
+    merge = staticmethod(merge_outcomes)
+
+    def validate(self, table: pa.Table) -> ValidationResult:
+        n = table.num_rows
+        # Both checks read only the shape: hand GX the column names over an index of the
+        # right length (no data conversion, no fingerprint of the text columns).
+        frame = pd.DataFrame(index=pd.RangeIndex(n, name=ROW_INDEX),
+                             columns=pd.Index(table.column_names, dtype=object), dtype="float32")
+        outcomes = []
+        for r in self._gx.run(frame, self._suite):
+            _raise_on_exception(r)
+            name = _meta_name(r)
+            observed = (r.result or {}).get("observed_value")
+            outcomes.append(ExpectationOutcome(
+                name, r.expectation_config.type, None, bool(r.success),
+                table.num_columns if name == "column_count" else n, 0 if r.success else 1,
+                [] if r.success else [_jsonable(observed)]))
+        self.gx_runs += 1
+        return ValidationResult(outcomes, {}, n)
+
+
+def basic_validator(table_schema: pa.Schema) -> BasicValidator:
+    return BasicValidator(table_schema)
