@@ -16,9 +16,11 @@ What runs where, for a table:
      decides about the whole file).
   2. types (Arrow): a contract column whose type differs from the table's is cast
      (safe cast; a string without an offset cast to a timestamp is taken as UTC, as
-     the readers do). Values that cannot be cast fail `type:<col>`; they are found by
-     bisecting only the columns whose vectorised cast failed. Those rows are left out
-     of the GX frame (their other checks would be noise), with their row numbers kept.
+     the readers do). Values that cannot be cast fail `type:<col>`. The column is cast
+     at once; only if that fails are the failing values looked for, among the values
+     whose text does not have a shape that surely casts (vectorised regex + calendar
+     check), one Arrow cast per suspect value. Rows that do not cast are left out of
+     the GX frame (their other checks would be noise); their row numbers are kept.
   3. values (GX, on the cast data): `not_null:<col>` (required and primary-key
      columns), `between:<col>` (min/max), `in_set:<col>` (allowed), `regex:<col>`
      (Python `re.search`), `unique:<col>`, `primary_key` (one column:
@@ -37,19 +39,24 @@ returns every failing row number as one list (its value lists, `unexpected_list`
 `partial_unexpected_list`, stop at 200 and 20; the index list does not). Each
 outcome's index count is checked against GX's unexpected_count.
 
-Cost: GX spends ~15-20 ms of Python per expectation per validation, whatever the
-number of rows (metric graph building), plus a fingerprint of the whole frame in
-`get_batch`. So only the columns that have checks are converted to pandas, and with
-`skip_passing=True` (default) an expectation that cannot fail on the table is not sent
-to GX: not_null when Arrow counts no null (and no NaN), between when Arrow's min/max
-lie within the bounds, in_set when Arrow's distinct values are all allowed. Its
-outcome is reported as GX would (success, 0 unexpected). regex and uniqueness always
-run in GX. See benchmarks/bench_validation.py for numbers.
+Cost (benchmarks/bench_validation.py): GX spends ~10-20 ms of Python per expectation
+per validation whatever the number of rows (metric graph building), and fingerprints
+(hashes) the whole frame each time a batch is built. Hence: the context, batch
+definition and suites are built once; the suite runs through GX's V1 `Validator` on
+the batch definition (what `ValidationDefinition.run` does, minus keeping each result
+in the context's store; `batch.validate` would build, and hash, the batch twice); only
+the columns with checks are converted to pandas; and with `skip_passing=True`
+(default) an expectation that cannot fail on the table is not sent to GX: not_null
+when Arrow counts no null (nor NaN, which pandas/GX treat as missing), between (numbers)
+when Arrow's min/max lie within the bounds, in_set (strings, integers, booleans) when
+Arrow's distinct values are all allowed. Its outcome is what GX would report (success,
+0 unexpected). regex and uniqueness always run in GX.
+
+Importing GX takes ~3.5 s and ~170 MB: it is imported when the first validator is built.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -64,8 +71,6 @@ import pyarrow.compute as pc
 
 if TYPE_CHECKING:
     from data_platform.contracts import ColumnSpec, Contract
-
-log = logging.getLogger(__name__)
 
 ROW_INDEX = "__row"
 SAMPLE_SIZE = 20
@@ -196,7 +201,7 @@ def _unexpected_rows(result) -> np.ndarray:
     count = int(res.get("unexpected_count") or 0)
     index_list = res.get("unexpected_index_list") or []
     if index_list and isinstance(index_list[0], dict) and isinstance(index_list[0].get(ROW_INDEX), list):
-        rows = np.asarray(index_list[0][ROW_INDEX][:200], dtype=np.int64)
+        rows = np.asarray(index_list[0][ROW_INDEX], dtype=np.int64)
     else:  # one dict per row (exclude_unexpected_values ignored)
         rows = np.asarray([d[ROW_INDEX] if isinstance(d, dict) else d for d in index_list], dtype=np.int64)
     if len(rows) != count:
@@ -434,7 +439,8 @@ def _value_checks(contract: "Contract", expectations) -> list[_Check]:
         meta = lambda kind, col=col: {"name": f"{kind}:{col}"}  # noqa: E731
         if spec.required or col in pk:
             checks.append(_Check(
-                f"not_null:{col}", (col,), lambda col=col, m=meta("not_null"): E.ExpectColumnValuesToNotBeNull(column=col, meta=m),
+                f"not_null:{col}", (col,),
+                lambda col=col, m=meta("not_null"): E.ExpectColumnValuesToNotBeNull(column=col, meta=m),
                 can_fail=lambda c: c.null_count > 0 or _has_nan(c), samples=False))
         if spec.min is not None or spec.max is not None:
             lo, hi = _pd_value(spec, spec.min), _pd_value(spec, spec.max)
@@ -466,7 +472,8 @@ def _value_checks(contract: "Contract", expectations) -> list[_Check]:
         if spec.regex is not None:
             checks.append(_Check(
                 f"regex:{col}", (col,),
-                lambda col=col, rx=spec.regex, m=meta("regex"): E.ExpectColumnValuesToMatchRegex(column=col, regex=rx, meta=m)))
+                lambda col=col, rx=spec.regex, m=meta("regex"): E.ExpectColumnValuesToMatchRegex(
+                    column=col, regex=rx, meta=m)))
         if spec.unique and pk != (col,):
             checks.append(_Check(
                 f"unique:{col}", (col,),
@@ -638,37 +645,48 @@ def _first_reasons(failing: list[tuple[str, np.ndarray]], n: int) -> dict[int, s
 
 
 class BasicValidator:
-    """For datasets without a contract: table-level GX checks only (at least one column,
-    at least one row). They produce outcomes but never fail a row."""
+    """For datasets without a contract: table-level GX checks only, at least one column
+    (`column_count`) and at least one row (`row_count`). They produce outcomes but never
+    fail a row.
+
+    Both read only the table's shape, so GX gets the shape, not the data: the column
+    check runs on a zero-row frame with the table's column names (once per set of
+    names), the row check on a zero-column frame of the table's length (no conversion
+    of the data, no fingerprint of its text columns)."""
 
     def __init__(self, table_schema: pa.Schema):
         self.schema = table_schema
         self._gx = _GX()
         E = self._gx.gx.expectations
-        self._suite = self._gx.suite("basic", [
-            E.ExpectTableColumnCountToBeBetween(min_value=1, meta={"name": "column_count"}),
-            E.ExpectTableRowCountToBeBetween(min_value=1, meta={"name": "row_count"}),
-        ])
+        self._columns_suite = self._gx.suite("basic_columns", [
+            E.ExpectTableColumnCountToBeBetween(min_value=1, meta={"name": "column_count"})])
+        self._rows_suite = self._gx.suite("basic_rows", [
+            E.ExpectTableRowCountToBeBetween(min_value=1, meta={"name": "row_count"})])
+        self._column_results: dict[tuple[str, ...], Any] = {}
         self.gx_runs = 0
 
     merge = staticmethod(merge_outcomes)
 
+    def _run(self, frame: pd.DataFrame, suite):
+        (result,) = self._gx.run(frame, suite)
+        self.gx_runs += 1
+        _raise_on_exception(result)
+        return result
+
     def validate(self, table: pa.Table) -> ValidationResult:
         n = table.num_rows
-        # Both checks read only the shape: hand GX the column names over an index of the
-        # right length (no data conversion, no fingerprint of the text columns).
-        frame = pd.DataFrame(index=pd.RangeIndex(n, name=ROW_INDEX),
-                             columns=pd.Index(table.column_names, dtype=object), dtype="float32")
+        names = tuple(table.column_names)
+        columns = self._column_results.get(names)
+        if columns is None:
+            frame = pd.DataFrame({c: pd.Series([], dtype=object) for c in names}, index=pd.RangeIndex(0))
+            columns = self._column_results[names] = self._run(frame, self._columns_suite)
+        rows = self._run(pd.DataFrame(index=pd.RangeIndex(n, name=ROW_INDEX)), self._rows_suite)
         outcomes = []
-        for r in self._gx.run(frame, self._suite):
-            _raise_on_exception(r)
-            name = _meta_name(r)
+        for r, evaluated in ((columns, len(names)), (rows, n)):
             observed = (r.result or {}).get("observed_value")
             outcomes.append(ExpectationOutcome(
-                name, r.expectation_config.type, None, bool(r.success),
-                table.num_columns if name == "column_count" else n, 0 if r.success else 1,
-                [] if r.success else [_jsonable(observed)]))
-        self.gx_runs += 1
+                _meta_name(r), r.expectation_config.type, None, bool(r.success), evaluated,
+                0 if r.success else 1, [] if r.success else [_jsonable(observed)]))
         return ValidationResult(outcomes, {}, n)
 
 
