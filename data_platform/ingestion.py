@@ -27,6 +27,10 @@ from data_platform import layout
 from data_platform.catalog import (
     DUPLICATE, FRESH, QUARANTINED, DELETED, Catalog, DuplicateContent, Upload,
 )
+from data_platform.config import Settings
+from data_platform.contracts import Contract, ContractRegistry
+from data_platform.privacy import Pseudonymizer, load_pseudonym_key
+from data_platform.refinement import UploadRefiner
 from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
 from data_platform.storage import HashingReader, ObjectChanged, ObjectStore
 
@@ -51,6 +55,7 @@ class Outcome:
     size: int = 0
     schema: pa.Schema | None = None
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    refinement: dict | None = None  # validation and privacy report (RefinementReport.as_dict)
 
 
 class _Rejects:
@@ -76,10 +81,13 @@ class _Rejects:
 
 
 class Ingestor:
-    def __init__(self, store: ObjectStore, catalog: Catalog, *, claimer: str, work_dir: str | None = None):
+    def __init__(self, store: ObjectStore, catalog: Catalog, *, claimer: str, pseudonym_key: bytes,
+                 contract: Contract | None = None, work_dir: str | None = None):
         self.store = store
         self.catalog = catalog
         self.claimer = claimer
+        self.pseudonym_key = pseudonym_key
+        self.contract = contract
         self.work_dir = work_dir
 
     def ingest(self, upload: Upload) -> Outcome:
@@ -91,8 +99,9 @@ class Ingestor:
         assert upload.tenant and upload.dataset, "uploads with invalid keys are quarantined by the sensor"
         filename = layout.LandingKey.parse(upload.landing_key).filename
         rejects = _Rejects(tmp)
+        refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects)
         try:
-            parsed = self._parse(upload, filename, tmp, rejects)
+            parsed = self._parse(upload, filename, tmp, rejects, refiner)
         except ObjectChanged:
             self.catalog.mark_vanished(upload, self.claimer)
             return Outcome(upload.id, upload.landing_key, DELETED, reason="vanished_before_ingestion")
@@ -108,6 +117,13 @@ class Ingestor:
             return self._duplicate(upload, sha256, first)
         if unreadable is not None:
             return self._quarantine_whole(upload, sha256, unreadable.reason, unreadable.detail)
+        report = refiner.report
+        if self.contract is not None and report.failing_share > self.contract.max_failing_share:
+            return self._quarantine_whole(
+                upload, sha256, "too_many_invalid_rows",
+                f"{report.rows_failing} of {report.rows_in} rows break contract {self.contract.version} "
+                f"({report.failing_share:.1%} > max_failing_share {self.contract.max_failing_share:.1%})",
+                rejects=rejects, refinement=report.as_dict())
         if rows == 0:
             reason = "no_valid_rows" if rejects.count else "no_rows"
             detail = f"all {rejects.count} rows rejected" if rejects.count else "the file holds no rows"
@@ -120,7 +136,8 @@ class Ingestor:
         try:
             self.catalog.mark_fresh(
                 upload, self.claimer, sha256=sha256, rows=rows, quarantined_rows=rejects.count, object_key=data_key,
-                detail={"rejected_by_reason": dict(rejects.by_reason)} if rejects.count else None,
+                detail={"rejected_by_reason": dict(rejects.by_reason), "contract": report.contract,
+                        "pii_columns": report.pii_columns, "pii_detected": report.pii_detected},
             )
         except DuplicateContent as dup:
             # Another run committed the same bytes first: ours become the duplicate.
@@ -130,9 +147,9 @@ class Ingestor:
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, FRESH, rows=rows, quarantined_rows=rejects.count,
                        object_key=data_key, sha256=sha256, size=size, schema=schema,
-                       rejected_by_reason=dict(rejects.by_reason))
+                       rejected_by_reason=dict(rejects.by_reason), refinement=report.as_dict())
 
-    def _parse(self, upload: Upload, filename: str, tmp: Path, rejects: "_Rejects"):
+    def _parse(self, upload: Upload, filename: str, tmp: Path, rejects: "_Rejects", refiner: UploadRefiner):
         """Read the landing object once and parse it into `tmp/data.parquet`.
 
         Text formats stream from the GET straight into the parser (download, hashing
@@ -147,7 +164,8 @@ class Ingestor:
             with self.store.open_read(upload.landing_key, if_etag=upload.etag) as (info, body):
                 source = HashingReader(body)
                 try:
-                    rows, schema = _write_parquet(read_stream_tables(source, filename, rejects), tmp / "data.parquet")
+                    rows, schema = _write_parquet(refiner(read_stream_tables(source, filename, rejects)),
+                                                  tmp / "data.parquet")
                     unreadable = None
                 except UnreadableUpload as err:
                     rows, schema, unreadable = 0, None, err
@@ -156,7 +174,7 @@ class Ingestor:
         with open(local, "wb") as f:
             info, sha256 = self.store.download(upload.landing_key, f, if_etag=upload.etag)
         try:
-            rows, schema = _write_parquet(read_tables(local, filename, rejects), tmp / "data.parquet")
+            rows, schema = _write_parquet(refiner(read_tables(local, filename, rejects)), tmp / "data.parquet")
         except UnreadableUpload as err:
             return sha256, info.size, 0, None, err
         return sha256, info.size, rows, schema, None
@@ -181,18 +199,19 @@ class Ingestor:
                                                  rejects=rejects, rows_kept=rows_kept, rejected_rows_key=rows_key))
 
     def _quarantine_whole(self, upload: Upload, sha256: str, reason: str, detail: str,
-                          rejects: _Rejects | None = None) -> Outcome:
-        prefix = quarantine_whole(self.store, upload, sha256=sha256, reason=reason, detail=detail, rejects=rejects)
+                          rejects: _Rejects | None = None, refinement: dict | None = None) -> Outcome:
+        prefix = quarantine_whole(self.store, upload, sha256=sha256, reason=reason, detail=detail, rejects=rejects,
+                                  refinement=refinement)
         self.catalog.mark_quarantined(upload, self.claimer, claimer=self.claimer, reason=reason, object_key=prefix,
                                       sha256=sha256, quarantined_rows=rejects.count if rejects else None,
                                       detail={"detail": detail})
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, QUARANTINED, reason=reason, object_key=prefix, sha256=sha256,
-                       size=upload.size, quarantined_rows=rejects.count if rejects else 0)
+                       size=upload.size, quarantined_rows=rejects.count if rejects else 0, refinement=refinement)
 
 
 def quarantine_whole(store: ObjectStore, upload: Upload, *, sha256: str | None, reason: str, detail: str,
-                     rejects: _Rejects | None = None) -> str:
+                     rejects: _Rejects | None = None, refinement: dict | None = None) -> str:
     """Copy the original bytes (server-side) and a JSON report into quarantine.
 
     Returns the quarantine prefix. The landing object is left for the caller to delete
@@ -206,12 +225,14 @@ def quarantine_whole(store: ObjectStore, upload: Upload, *, sha256: str | None, 
         rows_key = prefix + "rejected_rows.jsonl"
         store.upload_file(rejects.path, rows_key)
     store.put_bytes(prefix + "report.json", _report(upload, sha256, reason=reason, detail=detail, rejects=rejects,
-                                                    original_key=original_key, rejected_rows_key=rows_key))
+                                                    original_key=original_key, rejected_rows_key=rows_key,
+                                                    refinement=refinement))
     return prefix
 
 
 def _report(upload: Upload, sha256: str | None, *, reason: str, detail: str, rejects: _Rejects | None = None,
-            rows_kept: int = 0, original_key: str | None = None, rejected_rows_key: str | None = None) -> bytes:
+            rows_kept: int = 0, original_key: str | None = None, rejected_rows_key: str | None = None,
+            refinement: dict | None = None) -> bytes:
     report = {
         "upload_id": upload.id,
         "landing_key": upload.landing_key,
@@ -229,6 +250,7 @@ def _report(upload: Upload, sha256: str | None, *, reason: str, detail: str, rej
         "rejected_by_reason": dict(rejects.by_reason) if rejects else {},
         "rejected_rows_key": rejected_rows_key,
         "sample_rejected_rows": rejects.samples if rejects else [],
+        "validation": refinement,
         "reported_at": datetime.now(UTC).isoformat(),
     }
     return json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8")
@@ -289,11 +311,13 @@ def quarantine_invalid_key(store: ObjectStore, catalog: Catalog, upload: Upload,
 
 @dataclass
 class BatchResult:
+    contract: Contract | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     failures: list[tuple[int, str, str]] = field(default_factory=list)  # (upload id, key, error)
 
 
 def ingest_pending(store: ObjectStore, catalog: Catalog, tenant: str, dataset: str, *, claimer: str,
+                   pseudonym_key: bytes | None = None, contracts: ContractRegistry | None = None,
                    lease: timedelta | None = None, batch: int = 200, max_uploads: int | None = None) -> BatchResult:
     """Claim and ingest a dataset's pending uploads until none is left.
 
@@ -303,7 +327,13 @@ def ingest_pending(store: ObjectStore, catalog: Catalog, tenant: str, dataset: s
 
     lease = lease or timedelta(minutes=30)
     result = BatchResult()
-    ingestor = Ingestor(store, catalog, claimer=claimer)
+    # Configuration problems (no key on s3://, a broken contract) fail the run before
+    # any upload is claimed: they are the operator's to fix, not the uploads' fault.
+    if pseudonym_key is None:
+        pseudonym_key = load_pseudonym_key(Settings.from_env())
+    contracts = contracts or ContractRegistry.from_env(store)
+    result.contract = contracts.find(tenant, dataset)
+    ingestor = Ingestor(store, catalog, claimer=claimer, pseudonym_key=pseudonym_key, contract=result.contract)
     while max_uploads is None or len(result.outcomes) + len(result.failures) < max_uploads:
         claimed = catalog.claim(tenant, dataset, claimer, lease=lease, limit=batch)
         if not claimed:

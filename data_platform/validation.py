@@ -113,6 +113,9 @@ class ValidationResult:
     outcomes: list[ExpectationOutcome]
     failing_rows: dict[int, str]  # 0-based row in the table -> name of its first failing expectation
     rows: int = 0  # rows in the table
+    # The table with contract columns cast to their declared types (values that would
+    # not cast are null there; their rows are in failing_rows). None: unchanged.
+    typed_table: pa.Table | None = None
 
     @property
     def failing_share(self) -> float:
@@ -629,7 +632,12 @@ class ContractValidator:
             if len(rows):
                 failing.append((c.name, rows))
 
-        return ValidationResult(outcomes, _first_reasons(failing, n), n)
+        typed = table
+        for name, column in columns.items():
+            if column.type != table.schema.field(name).type:
+                i = typed.schema.get_field_index(name)
+                typed = typed.set_column(i, pa.field(name, column.type), column)
+        return ValidationResult(outcomes, _first_reasons(failing, n), n, typed_table=typed)
 
 
 def _first_reasons(failing: list[tuple[str, np.ndarray]], n: int) -> dict[int, str]:

@@ -13,6 +13,22 @@ import requests
 from data_platform.catalog import Catalog
 from data_platform.storage import LocalObjectStore, S3ObjectStore
 
+@pytest.fixture(scope="session", autouse=True)
+def platform_home(tmp_path_factory):
+    """Keep the tests' platform state (the generated pseudonym key, contracts) out of
+    the working tree, and give every process the same test key."""
+    home = tmp_path_factory.mktemp("platform_home")
+    saved = {k: os.environ.get(k) for k in ("DATA_PLATFORM_HOME", "DATA_PLATFORM_PSEUDONYM_KEY")}
+    os.environ["DATA_PLATFORM_HOME"] = str(home)
+    os.environ["DATA_PLATFORM_PSEUDONYM_KEY"] = "test-pseudonym-key-not-for-production"
+    yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 PG_ADMIN_DSN = os.environ.get("DATA_PLATFORM_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BUCKET = "test-bucket"
 

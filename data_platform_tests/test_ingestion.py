@@ -27,7 +27,13 @@ def test_upload_becomes_fresh_parquet(store, catalog):
     upload = status(catalog, key)
     assert (upload.state, upload.rows, upload.quarantined_rows) == (FRESH, 100, 0)
     assert upload.object_key == f"data/acme/tickets/upload-{upload.id:010d}.parquet"
-    assert read_data(store, upload.object_key).to_pylist() == ROWS
+    stored = read_data(store, upload.object_key).to_pylist()
+    # Everything kept, except the email column, detected as personal data and pseudonymised.
+    assert [{k: v for k, v in r.items() if k != "email"} for r in stored] == [
+        {k: v for k, v in r.items() if k != "email"} for r in ROWS]
+    assert all(r["email"].startswith("ps_") and "@" not in r["email"] for r in stored)
+    assert len({r["email"] for r in stored}) == 100
+    assert json.loads(upload.detail)["pii_detected"] == {"email": "email"}
     assert store.head(key) is None  # the inbox empties
     assert [t["to_state"] for t in catalog.audit_trail(upload.id)] == [LANDING, FRESH]
     import hashlib

@@ -15,9 +15,16 @@ from data_platform.ingestion import BatchResult, ingest_pending
 tenant_datasets = dg.DynamicPartitionsDefinition(name="tenant_dataset")
 
 
+CONTRACT_CHECK = "contract_validation"
+
+
 @dg.asset(
     partitions_def=tenant_datasets,
     kinds={"parquet", "s3", "python"},
+    check_specs=[dg.AssetCheckSpec(
+        CONTRACT_CHECK, asset="fresh_data", blocking=True,
+        description="Uploads validated against the dataset's contract with Great Expectations: fails when an "
+                    "upload breaks it beyond max_failing_share (and is quarantined whole).")],
     group_name="ingestion",
     owners=["team:data-platform"],
     description="Validated uploads normalised to Parquet under data/{tenant}/{dataset}/, ready for training. "
@@ -39,7 +46,40 @@ def fresh_data(
             metadata={**metadata, "failures": dg.MetadataValue.json(
                 [{"upload_id": i, "key": k, "error": e} for i, k, e in result.failures])},
         )
-    return dg.MaterializeResult(metadata=metadata)
+    return dg.MaterializeResult(metadata=metadata, check_results=[_contract_check(result)])
+
+
+def _contract_check(result: BatchResult) -> dg.AssetCheckResult:
+    rejected_whole = [o for o in result.outcomes if o.reason == "too_many_invalid_rows"]
+    validated = [o for o in result.outcomes if o.refinement and o.refinement.get("rows_validated")]
+    failing = Counter()
+    for o in validated:
+        failing.update(o.refinement.get("failing_by_check", {}))
+    checks: dict[str, dict] = {}
+    for o in validated:
+        for c in o.refinement.get("checks", []):
+            entry = checks.setdefault(c["name"], {"evaluated": 0, "unexpected": 0, "samples": []})
+            entry["evaluated"] += c["evaluated"]
+            entry["unexpected"] += c["unexpected_count"]
+            entry["samples"] = (entry["samples"] + c.get("sample_unexpected", []))[:5]
+    lines = ["| check | rows evaluated | rows failing | sample failures |", "|---|---|---|---|"]
+    lines += [f"| {name} | {c['evaluated']} | {c['unexpected']} | {', '.join(map(str, c['samples']))[:120]} |"
+              for name, c in sorted(checks.items())]
+    return dg.AssetCheckResult(
+        check_name=CONTRACT_CHECK,
+        passed=not rejected_whole,
+        severity=dg.AssetCheckSeverity.ERROR if result.contract is None or result.contract.blocking
+        else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "contract": dg.MetadataValue.json(
+                {"version": result.contract.version, "source": result.contract.source} if result.contract
+                else {"contract": None, "note": "no contract: inferred types, basic checks only"}),
+            "uploads_validated": len(validated),
+            "uploads_quarantined_whole": len(rejected_whole),
+            "rows_failing_by_check": dg.MetadataValue.json(dict(failing)),
+            "checks": dg.MetadataValue.md("\n".join(lines)),
+        },
+    )
 
 
 def _metadata(result: BatchResult, partition_uploads) -> dict:
@@ -56,10 +96,29 @@ def _metadata(result: BatchResult, partition_uploads) -> dict:
         "dagster/row_count": sum(u.rows or 0 for u in in_partition),
         "files_in_partition": len(in_partition),
         "uploads": dg.MetadataValue.md(_uploads_table(result)),
+        "contract": result.contract.version if result.contract else "none (inferred types, basic checks)",
+        "pii_columns": dg.MetadataValue.json(_merged(result, "pii_columns")),
+        "pii_detected_undeclared": dg.MetadataValue.json(_merged(result, "pii_detected")),
+        "pseudonymised_values": dg.MetadataValue.json(_summed(result, "pseudonymised_values")),
+        "redacted_in_text": dg.MetadataValue.json(_summed(result, "redacted_in_text")),
     }
     if schema is not None:
         metadata["dagster/column_schema"] = _table_schema(schema)
     return metadata
+
+
+def _merged(result: BatchResult, key: str) -> dict:
+    out: dict = {}
+    for o in result.outcomes:
+        out.update((o.refinement or {}).get(key) or {})
+    return out
+
+
+def _summed(result: BatchResult, key: str) -> dict:
+    out: Counter = Counter()
+    for o in result.outcomes:
+        out.update((o.refinement or {}).get(key) or {})
+    return dict(out)
 
 
 def _table_schema(schema: pa.Schema) -> dg.TableSchema:

@@ -1,0 +1,108 @@
+"""What happens to each parsed table of an upload before it is written to data/:
+validation against the dataset's contract (Great Expectations), then pseudonymisation
+of personal data. Plain Python; the ingestion of one upload drives it.
+
+Rows that break the contract go to the upload's rejected rows with the failing check
+as reason (`not_null:record_id`, `between:priority`, `type:created_at`, ...); the good
+rows go on. Personal-data columns come from the contract, plus columns that look like
+personal data (decided on the upload's first table and reported).
+"""
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_platform.contracts import Contract
+from data_platform.privacy import Pseudonymizer, apply_privacy, detect_pii_columns
+from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow
+from data_platform.validation import ContractValidator, ExpectationOutcome, merge_outcomes
+
+
+@dataclass
+class RefinementReport:
+    contract: dict | None = None  # version and source of the contract applied, or None
+    rows_in: int = 0
+    rows_failing: int = 0
+    failing_by_check: Counter = field(default_factory=Counter)
+    outcomes: list[ExpectationOutcome] = field(default_factory=list)
+    pii_columns: dict[str, str] = field(default_factory=dict)
+    pii_detected: dict[str, str] = field(default_factory=dict)  # not declared, found by their values
+    pseudonymised: Counter = field(default_factory=Counter)
+    redacted: Counter = field(default_factory=Counter)
+
+    @property
+    def failing_share(self) -> float:
+        return self.rows_failing / self.rows_in if self.rows_in else 0.0
+
+    def as_dict(self) -> dict:
+        return {
+            "contract": self.contract,
+            "rows_validated": self.rows_in,
+            "rows_failing_validation": self.rows_failing,
+            "failing_by_check": dict(self.failing_by_check),
+            "checks": [o.as_dict() for o in self.outcomes],
+            "pii_columns": self.pii_columns,
+            "pii_detected": self.pii_detected,
+            "pseudonymised_values": dict(self.pseudonymised),
+            "redacted_in_text": dict(self.redacted),
+        }
+
+
+class UploadRefiner:
+    def __init__(self, contract: Contract | None, pseudonymizer: Pseudonymizer, on_rejected: OnRejected):
+        self.contract = contract
+        self.validator = ContractValidator(contract) if contract else None
+        self.pseudonymizer = pseudonymizer
+        self.on_rejected = on_rejected
+        self.report = RefinementReport(contract={"version": contract.version, "source": contract.source}
+                                       if contract else None)
+        self._results = []
+        self._pii_decided = False
+
+    def __call__(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        for table in tables:
+            table = self._validate(table)
+            if table.num_rows == 0:
+                continue
+            yield self._protect(table)
+        self.report.outcomes = merge_outcomes(self._results)
+
+    def _validate(self, table: pa.Table) -> pa.Table:
+        first_record = self.report.rows_in + 1
+        self.report.rows_in += table.num_rows
+        if self.validator is None:
+            return table
+        result = self.validator.validate(table)
+        self._results.append(result)
+        typed = result.typed_table if result.typed_table is not None else table
+        if not result.failing_rows:
+            return typed
+        failing = sorted(result.failing_rows)
+        rows = table.take(pa.array(failing, pa.int64())).to_pylist()
+        for i, row in zip(failing, rows):
+            check = result.failing_rows[i]
+            self.report.failing_by_check[check] += 1
+            self.on_rejected(RejectedRow(
+                first_record + i, check, f"record {first_record + i} fails {check}",
+                json.dumps(row, default=str, ensure_ascii=False)[:RAW_ROW_LIMIT]))
+        self.report.rows_failing += len(failing)
+        keep = pc.invert(pa.array([i in result.failing_rows for i in range(table.num_rows)]))
+        return typed.filter(keep)
+
+    def _protect(self, table: pa.Table) -> pa.Table:
+        if not self._pii_decided:  # once per upload, so every table is treated alike
+            declared = self.contract.pii_columns if self.contract else {}
+            detected = detect_pii_columns(table, declared)
+            self.report.pii_detected = detected
+            self.report.pii_columns = {**declared, **detected}
+            self._pii_decided = True
+        if not self.report.pii_columns:
+            return table
+        table, privacy = apply_privacy(table, self.pseudonymizer, self.report.pii_columns)
+        self.report.pseudonymised.update(privacy["pseudonymised"])
+        self.report.redacted.update(privacy["redacted"])
+        return table

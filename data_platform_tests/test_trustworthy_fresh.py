@@ -1,0 +1,150 @@
+"""Contracts, Great Expectations and pseudonymisation through the whole ingestion, over
+the S3 endpoint with the catalog on PostgreSQL, on data from shared/bench/gen_data.py
+(whose ground truth says how many bad rows of each kind it planted)."""
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_platform.catalog import FRESH, QUARANTINED
+from data_platform.defs.ingestion.assets import CONTRACT_CHECK, fresh_data
+from data_platform.defs.ingestion.sensors import landing_sensor
+from data_platform.defs.resources import CatalogResource, ObjectStoreResource
+
+ROOT = Path(__file__).resolve().parents[1]
+GEN_DATA = ROOT.parent / "shared" / "bench" / "gen_data.py"
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+IPV4 = re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")
+
+
+def generate(tmp_path: Path, rows: int, seed: int, **rates) -> tuple[Path, dict]:
+    out = tmp_path / f"gen-{seed}.jsonl"
+    args = [sys.executable, str(GEN_DATA), "--rows", str(rows), "--seed", str(seed), "--out", str(out)]
+    for name, value in rates.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    subprocess.run(args, check=True, capture_output=True)
+    return out, json.loads(Path(f"{out}.meta.json").read_text())["counts"]
+
+
+@pytest.fixture
+def platform(s3_store, pg_catalog_url, postgresql_catalog):
+    s3_store.put_bytes("_platform/contracts/acme/tickets.yaml",
+                       (ROOT / "examples/contracts/acme/tickets.yaml").read_bytes())
+    resources = {"object_store": ObjectStoreResource(storage_url="s3://test-bucket/root"),
+                 "catalog": CatalogResource(catalog_url=pg_catalog_url)}
+    with dg.instance_for_test() as instance:
+        yield s3_store, postgresql_catalog, resources, instance
+
+
+def ingest(instance, resources, raise_on_error=True):
+    result = landing_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return [dg.materialize([fresh_data], partition_key=r.partition_key, instance=instance, resources=resources,
+                           raise_on_error=raise_on_error)
+            for r in result.run_requests]
+
+
+def test_contract_rejects_planted_bad_rows_and_no_personal_data_reaches_data(platform, tmp_path):
+    store, catalog, resources, instance = platform
+    path, truth = generate(tmp_path, 3000, seed=11, dup_rate=0, near_dup_rate=0, bad_rate=0.03)
+    store.put_bytes("landing/acme/tickets/day1.jsonl", path.read_bytes())
+    store.put_bytes("landing/globex/tickets/day1.jsonl", path.read_bytes())  # no contract for globex
+
+    runs = ingest(instance, resources)
+    assert all(r.success for r in runs)
+    uploads = {u.landing_key: u for u in catalog.list_uploads()}
+    acme, globex = uploads["landing/acme/tickets/day1.jsonl"], uploads["landing/globex/tickets/day1.jsonl"]
+    assert acme.state == FRESH and globex.state == FRESH
+
+    # Every planted bad row is rejected with the failing check as its reason.
+    expected = {"not_null:record_id": truth["bad_null_record_id"], "between:priority": truth["bad_priority"],
+                "type:created_at": truth["bad_timestamp"]}
+    assert json.loads(acme.detail)["rejected_by_reason"] == expected
+    assert acme.rows == truth["rows"] - sum(expected.values())
+    rejected = [json.loads(line) for line in store.get_bytes(
+        f"quarantine/acme/tickets/upload-{acme.id:010d}/rejected_rows.jsonl").splitlines()]
+    assert len(rejected) == sum(expected.values())
+    assert all(r["raw"] for r in rejected)
+
+    # Stored with the contract's types.
+    data = pq.read_table(store.fs_path(acme.object_key), filesystem=store.filesystem)
+    assert data.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
+    assert data.schema.field("priority").type == pa.int64()
+    assert set(data.column("priority").to_pylist()) <= {1, 2, 3, 4}
+
+    # The asset check reports the contract's results.
+    (run,) = [r for r in runs if r.get_asset_materialization_events()[0].partition == "acme/tickets"]
+    (check,) = run.get_asset_check_evaluations()
+    assert check.check_name == CONTRACT_CHECK and check.passed
+    assert check.metadata["rows_failing_by_check"].value == expected
+
+    # No raw email, phone or IP from the input reaches data/, for either tenant.
+    source = pa.Table.from_pylist([json.loads(line) for line in path.read_text().splitlines()])
+    raw_values = {v for col in ("user_email", "ip_address") for v in source.column(col).to_pylist() if v}
+    # user_id is personal only because acme's contract says so (values cannot show it).
+    declared_only = {v for v in source.column("user_id").to_pylist() if v}
+    data_keys = [o.key for o in store.list("data/")]
+    assert len(data_keys) == 2
+    pseudonyms = {}
+    for key in data_keys:
+        table = pq.read_table(store.fs_path(key), filesystem=store.filesystem)
+        for name in table.column_names:
+            if not pa.types.is_string(table.schema.field(name).type):
+                continue
+            for value in table.column(name).to_pylist():
+                if value is None:
+                    continue
+                assert not EMAIL.search(value), (key, name, value)
+                assert not IPV4.search(value), (key, name, value)
+                assert value not in raw_values
+                if key.startswith("data/acme/"):
+                    assert value not in declared_only
+        pseudonyms[key.split("/")[1]] = table.column("user_email").to_pylist()
+        first_email = source.column("user_email")[0].as_py()
+        assert hashlib.sha256(first_email.encode()).hexdigest() not in json.dumps(pseudonyms[key.split("/")[1]])
+    # Same people, different tenants: different pseudonyms.
+    assert not set(pseudonyms["acme"]) & set(pseudonyms["globex"])
+    assert json.loads(globex.detail)["contract"] is None
+    assert set(json.loads(globex.detail)["pii_detected"]) >= {"user_email", "ip_address"}
+
+
+def test_file_breaking_the_contract_beyond_the_threshold_is_quarantined_whole(platform, tmp_path):
+    store, catalog, resources, instance = platform
+    path, truth = generate(tmp_path, 400, seed=5, dup_rate=0, near_dup_rate=0, bad_rate=0.5)
+    store.put_bytes("landing/acme/tickets/bad.jsonl", path.read_bytes())
+    (run,) = ingest(instance, resources, raise_on_error=False)
+    assert not run.success  # the blocking check failed: nothing downstream may use this run
+    (upload,) = catalog.list_uploads()
+    assert (upload.state, upload.reason) == (QUARANTINED, "too_many_invalid_rows")
+    report = json.loads(store.get_bytes(upload.object_key + "report.json"))
+    assert report["validation"]["rows_failing_validation"] > 0.2 * truth["rows"]
+    assert store.get_bytes(upload.object_key + "original/bad.jsonl") == path.read_bytes()
+    (check,) = run.get_asset_check_evaluations()
+    assert not check.passed and check.metadata["uploads_quarantined_whole"].value == 1
+    assert not list(store.list("data/"))
+
+
+def test_pseudonyms_are_stable_across_runs(platform, tmp_path):
+    store, catalog, resources, instance = platform
+    path, _ = generate(tmp_path, 200, seed=3, dup_rate=0, near_dup_rate=0, bad_rate=0)
+    store.put_bytes("landing/acme/tickets/a.jsonl", path.read_bytes())
+    ingest(instance, resources)
+    # The same people again in a different file, ingested by a later run.
+    lines = path.read_text().splitlines()
+    store.put_bytes("landing/acme/tickets/b.jsonl", ("\n".join(reversed(lines)) + "\n").encode())
+    ingest(instance, resources)
+    a, b = sorted(catalog.list_uploads(), key=lambda u: u.id)
+    ta = pq.read_table(store.fs_path(a.object_key), filesystem=store.filesystem)
+    tb = pq.read_table(store.fs_path(b.object_key), filesystem=store.filesystem)
+    by_record_a = dict(zip(ta.column("record_id").to_pylist(), ta.column("user_email").to_pylist()))
+    by_record_b = dict(zip(tb.column("record_id").to_pylist(), tb.column("user_email").to_pylist()))
+    assert by_record_a and by_record_a == by_record_b
