@@ -36,14 +36,18 @@ def log(msg: str) -> None:
 # -- test data ------------------------------------------------------------------------
 
 
-def generated_jsonl(target_mb: float, seed: int = 42) -> tuple[Path, dict]:
+def generated_jsonl(target_mb: float, seed: int = 42, bad_rate: float | None = None) -> tuple[Path, dict]:
     """A JSONL file of about `target_mb` MB from gen_data.py, generated once and cached
     in benchmarks/.data/ (reused while its .meta.json matches the arguments)."""
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     tag = f"{target_mb:g}".replace(".", "p")
-    path = DATA_DIR / f"jsonl_{tag}mb_seed{seed}.jsonl"
+    extra = [] if bad_rate is None else ["--bad-rate", str(bad_rate)]
+    suffix = "" if bad_rate is None else f"_bad{bad_rate:g}"
+    path = DATA_DIR / f"jsonl_{tag}mb_seed{seed}{suffix}.jsonl"
     meta_path = Path(f"{path}.meta.json")
     meta = _cached_meta(path, meta_path, seed)
+    if meta is not None and bad_rate is not None and meta.get("bad_rate") != bad_rate:
+        meta = None
     if meta is not None:
         log(f"using cached {path.name} ({meta['bytes'] / 1e6:.0f} MB, {meta['counts']['rows']} rows)")
         return path, meta
@@ -51,7 +55,7 @@ def generated_jsonl(target_mb: float, seed: int = 42) -> tuple[Path, dict]:
     log(f"generating {path.name} (~{target_mb:g} MB) with {GEN_DATA} ...")
     t = time.perf_counter()
     subprocess.run([sys.executable, str(GEN_DATA), "--target-mb", str(target_mb), "--format", "jsonl",
-                    "--seed", str(seed), "--out", str(partial)], check=True, stderr=subprocess.DEVNULL)
+                    "--seed", str(seed), "--out", str(partial), *extra], check=True, stderr=subprocess.DEVNULL)
     meta = json.loads(Path(f"{partial}.meta.json").read_text())
     meta["path"] = str(path)
     meta["target_mb"] = target_mb

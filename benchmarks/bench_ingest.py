@@ -167,8 +167,9 @@ def measure(name: str, inp: Path, meta: dict, moto: MotoServer | None, args) -> 
         _put_landing(moto, inp)
     with tempfile.TemporaryDirectory(prefix="bench-", dir=DATA_DIR) as tmp:
         result_path = Path(tmp) / "result.json"
-        cmd = [sys.executable, __file__, "--child", name, "--input", str(inp), "--output", str(Path(tmp) / "out.parquet"),
-               "--result", str(result_path), "--expect-rows", str(meta["counts"]["rows"])]
+        cmd = [sys.executable, __file__, "--child", name, "--input", str(inp),
+               "--output", str(Path(tmp) / "out.parquet"), "--result", str(result_path),
+               "--expect-rows", str(meta["counts"]["rows"])]
         if args.profile and name == "ours":
             cmd += ["--profile-to", str(RESULTS_DIR / f"ingest_ours_{size // 10**6}mb.prof")]
         log(f"{name}: {inp.name} ...")
@@ -223,7 +224,8 @@ def main(argv=None) -> int:
     ap.add_argument("--also-mb", type=float, default=200,
                     help="a smaller input, to show memory does not grow with size (0 to skip)")
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--repeat", type=int, default=1, help="runs per contender and size; the fastest is kept")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per contender and size (interleaved); the fastest is kept")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated subset of "
                     + ",".join(CONTENDERS))
     ap.add_argument("--profile", action="store_true", help="cProfile ours; stats to benchmarks/results/*.prof")
@@ -247,8 +249,13 @@ def main(argv=None) -> int:
     runs: list[dict] = []
     try:
         for inp, meta in inputs:
-            for name in contenders:
-                runs.append(best([measure(name, inp, meta, moto, args) for _ in range(args.repeat)]))
+            # Repeats interleave the contenders, so a busy spell on a shared machine
+            # hits all of them rather than one.
+            tries = {name: [] for name in contenders}
+            for _ in range(args.repeat):
+                for name in contenders:
+                    tries[name].append(measure(name, inp, meta, moto, args))
+            runs += [best(tries[name]) for name in contenders]
     finally:
         if moto is not None:
             moto.stop()
