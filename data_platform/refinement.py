@@ -102,7 +102,8 @@ class UploadRefiner:
             self._pii_decided = True
         if not self.report.pii_columns:
             return table
-        table, privacy = apply_privacy(table, self.pseudonymizer, self.report.pii_columns)
+        # subjects=False until the erasure index (issue #7) records them.
+        table, privacy = apply_privacy(table, self.pseudonymizer, self.report.pii_columns, subjects=False)
         self.report.pseudonymised.update(privacy["pseudonymised"])
         self.report.redacted.update(privacy["redacted"])
         return table
