@@ -16,6 +16,7 @@ import queue
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,8 +68,13 @@ class _Rejects:
         self.count = 0
         self.by_reason: Counter[str] = Counter()
         self.samples: list[dict] = []
+        self._lock = threading.Lock()
 
     def __call__(self, row: RejectedRow) -> None:
+        with self._lock:  # the parser (read-ahead thread) and validation both reject rows
+            self._record(row)
+
+    def _record(self, row: RejectedRow) -> None:
         self.count += 1
         self.by_reason[row.reason] += 1
         record = row.as_dict()
@@ -164,7 +170,7 @@ class Ingestor:
             with self.store.open_read(upload.landing_key, if_etag=upload.etag) as (info, body):
                 source = HashingReader(body)
                 try:
-                    rows, schema = _write_parquet(refiner(read_stream_tables(source, filename, rejects)),
+                    rows, schema = _write_parquet(refiner(read_ahead(read_stream_tables(source, filename, rejects))),
                                                   tmp / "data.parquet")
                     unreadable = None
                 except UnreadableUpload as err:
@@ -174,7 +180,8 @@ class Ingestor:
         with open(local, "wb") as f:
             info, sha256 = self.store.download(upload.landing_key, f, if_etag=upload.etag)
         try:
-            rows, schema = _write_parquet(refiner(read_tables(local, filename, rejects)), tmp / "data.parquet")
+            rows, schema = _write_parquet(refiner(read_ahead(read_tables(local, filename, rejects))),
+                                          tmp / "data.parquet")
         except UnreadableUpload as err:
             return sha256, info.size, 0, None, err
         return sha256, info.size, rows, schema, None
@@ -254,6 +261,43 @@ def _report(upload: Upload, sha256: str | None, *, reason: str, detail: str, rej
         "reported_at": datetime.now(UTC).isoformat(),
     }
     return json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+_DONE = object()
+
+
+def read_ahead(tables: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
+    """Run a table iterator in its own thread, `depth` tables ahead of the consumer, so
+    parsing (Arrow) overlaps validation and pseudonymisation (GX, DuckDB): each releases
+    the GIL. Exceptions reach the consumer where the table would have."""
+    pending: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for table in tables:
+                while not stop.is_set():
+                    try:
+                        pending.put(table, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            pending.put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            pending.put(err)
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := pending.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early (an error downstream): let the producer end
+        thread.join()
 
 
 def _write_parquet(tables, path: Path) -> tuple[int, pa.Schema | None]:
