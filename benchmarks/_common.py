@@ -16,7 +16,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 DATA_DIR = BENCH_DIR / ".data"
 RESULTS_DIR = BENCH_DIR / "results"
-GEN_DATA = Path(os.environ.get("BENCH_GEN_DATA", "/work/shared/bench/gen_data.py"))
+# shared/ sits beside the repository (on developers' machines and in CI).
+GEN_DATA = Path(os.environ.get("BENCH_GEN_DATA", Path(__file__).resolve().parents[2] / "shared" / "bench" / "gen_data.py"))
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",

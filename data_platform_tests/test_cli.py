@@ -63,6 +63,7 @@ def test_upload_status_stats_round_trip(platform_env, tmp_path):
                           "object_key"}
     assert (fresh["state"], fresh["rows"], fresh["tenant"], fresh["dataset"]) == ("fresh", 30, "acme", "tickets")
     assert fresh["object_key"].startswith("data/acme/tickets/") and len(fresh["sha256"]) == 64
+    assert fresh["detail"]["contract"] is None and fresh["detail"]["pii_detected"] == {}
     bad = status[keys[1]]
     assert (bad["state"], bad["reason"]) == ("quarantined", "empty_file")
 

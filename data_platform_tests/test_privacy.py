@@ -26,7 +26,8 @@ from data_platform.privacy import (
 )
 
 KEY = b"test-master-key-0123456789abcdef"
-GEN_DATA = Path(os.environ.get("BENCH_GEN_DATA", "/work/shared/bench/gen_data.py"))
+# shared/ sits beside the repository (on developers' machines and in CI).
+GEN_DATA = Path(os.environ.get("BENCH_GEN_DATA", Path(__file__).resolve().parents[2] / "shared" / "bench" / "gen_data.py"))
 
 
 def tenant_key(key: bytes, tenant: str) -> bytes:

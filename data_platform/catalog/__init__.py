@@ -96,6 +96,7 @@ class Upload:
             "duplicate_of": self.duplicate_of,
             "detected_at": _iso(self.detected_at),
             "updated_at": _iso(self.updated_at),
+            "detail": _json_or_text(self.detail),
         }
 
 
@@ -121,6 +122,16 @@ class DuplicateContent(Exception):
     def __init__(self, first_upload_id: int):
         super().__init__(first_upload_id)
         self.first_upload_id = first_upload_id
+
+
+def _json_or_text(value: str | None):
+    """`detail` holds JSON written by a transition, or the text of a failed attempt."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def _iso(value: datetime | None) -> str | None:
