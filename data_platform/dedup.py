@@ -58,13 +58,21 @@ class RowIndex:
         self._kept = np.zeros(0, dtype=np.int64)
 
     def keep_mask(self, table: pa.Table) -> np.ndarray:
-        """True for rows to keep: first in this table and not held by another upload.
-
-        Claims the kept rows' hashes for this upload in one transaction per table, so
-        two concurrent runs on the dataset keep each row content once between them.
-        """
+        """True for rows to keep: first in this table and not held by another upload."""
         hashes = row_hashes(table)
-        candidates = first_occurrences(hashes) & ~np.isin(hashes, self._kept, assume_unique=False)
+        first = first_occurrences(hashes)
+        keep = np.zeros(len(hashes), dtype=bool)
+        keep[np.flatnonzero(first)] = self.claim(hashes[first])
+        return keep
+
+    def claim(self, hashes: np.ndarray) -> np.ndarray:
+        """For distinct hashes of rows about to be kept: True where this upload keeps
+        the row (not kept earlier in this attempt, not held by another upload).
+
+        One transaction per call, so two concurrent runs on the dataset keep each row
+        content once between them.
+        """
+        candidates = ~np.isin(hashes, self._kept)
         keep = np.zeros(len(hashes), dtype=bool)
         idx = np.flatnonzero(candidates)
         keep[idx[self.catalog.claim_row_hashes(self.dataset_id, self.upload_id, hashes[candidates])]] = True

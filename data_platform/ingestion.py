@@ -30,6 +30,7 @@ from data_platform.catalog import (
 )
 from data_platform.config import Settings
 from data_platform.contracts import Contract, ContractRegistry
+from data_platform.dedup import RowIndex
 from data_platform.privacy import Pseudonymizer, load_pseudonym_key
 from data_platform.refinement import UploadRefiner
 from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
@@ -105,7 +106,8 @@ class Ingestor:
         assert upload.tenant and upload.dataset, "uploads with invalid keys are quarantined by the sensor"
         filename = layout.LandingKey.parse(upload.landing_key).filename
         rejects = _Rejects(tmp)
-        refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects)
+        refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects,
+                                RowIndex(self.catalog, upload.tenant, upload.dataset, upload.id))
         try:
             parsed = self._parse(upload, filename, tmp, rejects, refiner)
         except ObjectChanged:
@@ -130,6 +132,14 @@ class Ingestor:
                 f"{report.rows_failing} of {report.rows_in} rows break contract {self.contract.version} "
                 f"({report.failing_share:.1%} > max_failing_share {self.contract.max_failing_share:.1%})",
                 rejects=rejects, refinement=report.as_dict())
+        duplicates = report.duplicates_in_file + report.duplicates_of_earlier_uploads
+        if rows == 0 and duplicates and not rejects.count:
+            self.catalog.release_row_hashes(upload.id)
+            self.catalog.mark_duplicate(upload, self.claimer, sha256=sha256, first=None, reason="all_rows_duplicate",
+                                        detail={"duplicate_rows_removed": duplicates})
+            self.store.delete_if_unchanged(upload.landing_key, upload.etag)
+            return Outcome(upload.id, upload.landing_key, DUPLICATE, reason="all_rows_duplicate", sha256=sha256,
+                           size=size, refinement=report.as_dict())
         if rows == 0:
             reason = "no_valid_rows" if rejects.count else "no_rows"
             detail = f"all {rejects.count} rows rejected" if rejects.count else "the file holds no rows"
@@ -143,6 +153,7 @@ class Ingestor:
             self.catalog.mark_fresh(
                 upload, self.claimer, sha256=sha256, rows=rows, quarantined_rows=rejects.count, object_key=data_key,
                 detail={"rejected_by_reason": dict(rejects.by_reason), "contract": report.contract,
+                        "duplicate_rows_removed": report.as_dict()["duplicate_rows_removed"],
                         "pii_columns": report.pii_columns, "pii_detected": report.pii_detected},
             )
         except DuplicateContent as dup:
@@ -187,8 +198,10 @@ class Ingestor:
         return sha256, info.size, rows, schema, None
 
     def _duplicate(self, upload: Upload, sha256: str, first: Upload) -> Outcome:
-        # A crashed earlier attempt may have written data for this upload: it goes.
+        # A crashed earlier attempt may have written data for this upload: it goes, and
+        # the rows it claimed in the dataset's row index are freed.
         self.store.delete(layout.data_key(upload.tenant, upload.dataset, upload.id))
+        self.catalog.release_row_hashes(upload.id)
         self.catalog.mark_duplicate(upload, self.claimer, sha256=sha256, first=first)
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, DUPLICATE, reason="duplicate_content",
@@ -209,6 +222,7 @@ class Ingestor:
                           rejects: _Rejects | None = None, refinement: dict | None = None) -> Outcome:
         prefix = quarantine_whole(self.store, upload, sha256=sha256, reason=reason, detail=detail, rejects=rejects,
                                   refinement=refinement)
+        self.catalog.release_row_hashes(upload.id)  # it keeps no rows
         self.catalog.mark_quarantined(upload, self.claimer, claimer=self.claimer, reason=reason, object_key=prefix,
                                       sha256=sha256, quarantined_rows=rejects.count if rejects else None,
                                       detail={"detail": detail})

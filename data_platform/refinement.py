@@ -1,6 +1,12 @@
 """What happens to each parsed table of an upload before it is written to data/:
-validation against the dataset's contract (Great Expectations), then pseudonymisation
-of personal data. Plain Python; the ingestion of one upload drives it.
+exact duplicates dropped within the table, validation against the dataset's contract
+(Great Expectations), duplicates of rows other uploads of the dataset already kept
+dropped (the catalog's row-hash index), then pseudonymisation of personal data. Plain
+Python; the ingestion of one upload drives it.
+
+Duplicates go before validation because a primary-key check fails every copy of a
+repeated key, the first one included; the cross-file claim comes after it so that the
+index holds only rows that were kept.
 
 Rows that break the contract go to the upload's rejected rows with the failing check
 as reason (`not_null:record_id`, `between:priority`, `type:created_at`, ...); the good
@@ -13,10 +19,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from data_platform.contracts import Contract
+from data_platform.dedup import RowIndex, first_occurrences, row_hashes
 from data_platform.privacy import Pseudonymizer, apply_privacy, detect_pii_columns
 from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow
 from data_platform.validation import ContractValidator, ExpectationOutcome, merge_outcomes
@@ -27,6 +34,8 @@ class RefinementReport:
     contract: dict | None = None  # version and source of the contract applied, or None
     rows_in: int = 0
     rows_failing: int = 0
+    duplicates_in_file: int = 0
+    duplicates_of_earlier_uploads: int = 0
     failing_by_check: Counter = field(default_factory=Counter)
     outcomes: list[ExpectationOutcome] = field(default_factory=list)
     pii_columns: dict[str, str] = field(default_factory=dict)
@@ -44,6 +53,8 @@ class RefinementReport:
             "rows_validated": self.rows_in,
             "rows_failing_validation": self.rows_failing,
             "failing_by_check": dict(self.failing_by_check),
+            "duplicate_rows_removed": {"within_file": self.duplicates_in_file,
+                                       "of_earlier_uploads": self.duplicates_of_earlier_uploads},
             "checks": [o.as_dict() for o in self.outcomes],
             "pii_columns": self.pii_columns,
             "pii_detected": self.pii_detected,
@@ -53,8 +64,10 @@ class RefinementReport:
 
 
 class UploadRefiner:
-    def __init__(self, contract: Contract | None, pseudonymizer: Pseudonymizer, on_rejected: OnRejected):
+    def __init__(self, contract: Contract | None, pseudonymizer: Pseudonymizer, on_rejected: OnRejected,
+                 row_index: RowIndex | None = None):
         self.contract = contract
+        self.row_index = row_index
         self.validator = ContractValidator(contract) if contract else None
         self.pseudonymizer = pseudonymizer
         self.on_rejected = on_rejected
@@ -65,22 +78,37 @@ class UploadRefiner:
 
     def __call__(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
         for table in tables:
-            table = self._validate(table)
+            hashes = None
+            if self.row_index is not None:
+                hashes = row_hashes(table)
+                first = first_occurrences(hashes)
+                self.report.duplicates_in_file += int(len(first) - first.sum())
+                if not first.all():
+                    table, hashes = table.filter(pa.array(first)), hashes[first]
+            table, valid = self._validate(table)
+            if hashes is not None:
+                hashes = hashes[valid]
+                keep = self.row_index.claim(hashes)
+                self.report.duplicates_of_earlier_uploads += int(len(keep) - keep.sum())
+                if not keep.all():
+                    table = table.filter(pa.array(keep))
             if table.num_rows == 0:
                 continue
             yield self._protect(table)
         self.report.outcomes = merge_outcomes(self._results)
 
-    def _validate(self, table: pa.Table) -> pa.Table:
+    def _validate(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+        """The rows that pass the contract, cast to its types, and their mask."""
         first_record = self.report.rows_in + 1
         self.report.rows_in += table.num_rows
+        all_rows = np.ones(table.num_rows, dtype=bool)
         if self.validator is None:
-            return table
+            return table, all_rows
         result = self.validator.validate(table)
         self._results.append(result)
         typed = result.typed_table if result.typed_table is not None else table
         if not result.failing_rows:
-            return typed
+            return typed, all_rows
         failing = sorted(result.failing_rows)
         rows = table.take(pa.array(failing, pa.int64())).to_pylist()
         for i, row in zip(failing, rows):
@@ -90,8 +118,9 @@ class UploadRefiner:
                 first_record + i, check, f"record {first_record + i} fails {check}",
                 json.dumps(row, default=str, ensure_ascii=False)[:RAW_ROW_LIMIT]))
         self.report.rows_failing += len(failing)
-        keep = pc.invert(pa.array([i in result.failing_rows for i in range(table.num_rows)]))
-        return typed.filter(keep)
+        valid = all_rows
+        valid[failing] = False
+        return typed.filter(pa.array(valid)), valid
 
     def _protect(self, table: pa.Table) -> pa.Table:
         if not self._pii_decided:  # once per upload, so every table is treated alike

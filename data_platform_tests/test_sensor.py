@@ -69,7 +69,8 @@ def test_keys_sorting_before_seen_ones_are_noticed(env):
     store.put_bytes("landing/acme/tickets/zzz.jsonl", jsonl(ROWS))
     tick(instance, resources)
     run(instance, resources, "acme/tickets")
-    store.put_bytes("landing/acme/tickets/aaa.jsonl", jsonl(ROWS[:5]))  # sorts before the last key seen
+    later = [{"id": 100 + i, "text": f"later row {i}"} for i in range(5)]
+    store.put_bytes("landing/acme/tickets/aaa.jsonl", jsonl(later))  # sorts before the last key seen
     result = tick(instance, resources)
     assert len(result.run_requests) == 1
     run(instance, resources, "acme/tickets")

@@ -138,13 +138,44 @@ def test_pseudonyms_are_stable_across_runs(platform, tmp_path):
     path, _ = generate(tmp_path, 200, seed=3, dup_rate=0, near_dup_rate=0, bad_rate=0)
     store.put_bytes("landing/acme/tickets/a.jsonl", path.read_bytes())
     ingest(instance, resources)
-    # The same people again in a different file, ingested by a later run.
-    lines = path.read_text().splitlines()
-    store.put_bytes("landing/acme/tickets/b.jsonl", ("\n".join(reversed(lines)) + "\n").encode())
+    # New tickets from the same people, in a different file, ingested by a later run.
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for row in rows:
+        row["record_id"] = row["record_id"].replace("rec-", "rec-b-")
+    store.put_bytes("landing/acme/tickets/b.jsonl", "".join(json.dumps(r) + "\n" for r in reversed(rows)).encode())
     ingest(instance, resources)
     a, b = sorted(catalog.list_uploads(), key=lambda u: u.id)
+    assert a.state == b.state == FRESH and a.rows == b.rows == 200
     ta = pq.read_table(store.fs_path(a.object_key), filesystem=store.filesystem)
     tb = pq.read_table(store.fs_path(b.object_key), filesystem=store.filesystem)
+    assert set(ta.column("user_email").to_pylist()) == set(tb.column("user_email").to_pylist())
     by_record_a = dict(zip(ta.column("record_id").to_pylist(), ta.column("user_email").to_pylist()))
-    by_record_b = dict(zip(tb.column("record_id").to_pylist(), tb.column("user_email").to_pylist()))
-    assert by_record_a and by_record_a == by_record_b
+    by_record_b = dict(zip((r.replace("rec-b-", "rec-") for r in tb.column("record_id").to_pylist()),
+                           tb.column("user_email").to_pylist()))
+    assert by_record_a == by_record_b
+
+
+def test_rows_already_kept_by_earlier_uploads_are_dropped(platform, tmp_path):
+    store, catalog, resources, instance = platform
+    path, truth = generate(tmp_path, 300, seed=21, dup_rate=0.1, near_dup_rate=0, bad_rate=0)
+    store.put_bytes("landing/acme/tickets/a.jsonl", path.read_bytes())
+    ingest(instance, resources)
+    (a,) = catalog.list_uploads()
+    assert a.rows == truth["rows"] - truth["exact_dup"]
+    assert json.loads(a.detail)["duplicate_rows_removed"] == {"within_file": truth["exact_dup"],
+                                                              "of_earlier_uploads": 0}
+    # The same rows again in another order, plus one new row: only the new one is kept.
+    lines = path.read_text().splitlines()
+    extra = json.loads(lines[0])
+    extra["record_id"] = "rec-new-1"
+    store.put_bytes("landing/acme/tickets/b.jsonl", ("\n".join(reversed(lines)) + "\n" + json.dumps(extra)
+                                                     + "\n").encode())
+    # And a file of nothing but known rows.
+    store.put_bytes("landing/acme/tickets/c.jsonl", ("\n".join(lines[:50]) + "\n").encode())
+    ingest(instance, resources)
+    uploads = {u.landing_key.rsplit("/", 1)[1]: u for u in catalog.list_uploads()}
+    assert (uploads["b.jsonl"].state, uploads["b.jsonl"].rows) == (FRESH, 1)
+    assert (uploads["c.jsonl"].state, uploads["c.jsonl"].reason) == ("duplicate", "all_rows_duplicate")
+    total = sum(pq.read_table(store.fs_path(u.object_key), filesystem=store.filesystem).num_rows
+                for u in uploads.values() if u.state == FRESH)
+    assert total == truth["rows"] - truth["exact_dup"] + 1

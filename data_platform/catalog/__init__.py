@@ -347,12 +347,16 @@ class Catalog:
                 ).scalar_one()
                 raise DuplicateContent(first) from None  # rolls the transition back too
 
-    def mark_duplicate(self, upload: Upload, claimer: str, *, sha256: str, first: Upload) -> None:
+    def mark_duplicate(self, upload: Upload, claimer: str, *, sha256: str, first: Upload | None,
+                       reason: str = "duplicate_content", detail: dict | None = None) -> None:
+        """Nothing new in the upload: the same bytes as `first`, or (first=None) only rows
+        that earlier uploads of the dataset already hold."""
         with self.engine.begin() as conn:
             self._transition(conn, upload.id, from_state=LANDING, to_state=DUPLICATE, actor=claimer, claimer=claimer,
-                             reason="duplicate_content", detail={"duplicate_of": first.id},
-                             sha256=sha256, rows=0, quarantined_rows=0, object_key=first.object_key,
-                             duplicate_of=first.id)
+                             reason=reason, detail={"duplicate_of": first.id if first else None, **(detail or {})},
+                             sha256=sha256, rows=0, quarantined_rows=0,
+                             object_key=first.object_key if first else None,
+                             duplicate_of=first.id if first else None)
 
     def mark_quarantined(self, upload: Upload, actor: str, *, claimer: str | None, reason: str, object_key: str,
                          sha256: str | None = None, quarantined_rows: int | None = None,
