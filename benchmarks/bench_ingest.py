@@ -107,7 +107,10 @@ def child_ours(inp: Path, _out: Path, args) -> dict:
         outcome = result.outcomes[0]
         assert outcome.landing_key == landing_key, outcome
         assert outcome.state == FRESH, f"{outcome.state}: {outcome.reason}"
-        assert outcome.rows + outcome.quarantined_rows == args.expect_rows, (outcome.rows, outcome.quarantined_rows)
+        removed = (outcome.refinement or {}).get("duplicate_rows_removed", {})
+        duplicates = sum(removed.values())
+        assert outcome.rows + outcome.quarantined_rows + duplicates == args.expect_rows, (
+            outcome.rows, outcome.quarantined_rows, removed)
         upload = catalog.get(outcome.upload_id)
         assert upload.state == FRESH and upload.rows == outcome.rows, upload
         meta = pq.ParquetFile(store.fs_path(outcome.object_key), filesystem=store.filesystem).metadata
@@ -116,7 +119,8 @@ def child_ours(inp: Path, _out: Path, args) -> dict:
         data_bytes = store.head(outcome.object_key).size
         catalog.dispose()
     return {"seconds": t2 - t0, "scan_seconds": t1 - t0, "ingest_seconds": t2 - t1, "rows": outcome.rows,
-            "quarantined_rows": outcome.quarantined_rows, "output_bytes": data_bytes}
+            "quarantined_rows": outcome.quarantined_rows, "duplicate_rows_removed": duplicates,
+            "output_bytes": data_bytes}
 
 
 def _profiler(args):

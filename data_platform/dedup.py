@@ -52,10 +52,9 @@ class RowIndex:
         self.catalog = catalog
         self.dataset_id = catalog.dataset_id(tenant, dataset)
         self.upload_id = upload_id
-        # Hashes kept so far in this attempt (sorted). The catalog counts hashes an
-        # earlier attempt of this upload claimed as ours (so a retry keeps its rows);
-        # this is what still drops a row seen twice within the upload.
-        self._kept = np.zeros(0, dtype=np.int64)
+        # A new attempt starts clean: rows an earlier (crashed) attempt claimed are
+        # claimed again, and a row seen twice within this attempt is a duplicate.
+        catalog.release_row_hashes(upload_id)
 
     def keep_mask(self, table: pa.Table) -> np.ndarray:
         """True for rows to keep: first in this table and not held by another upload."""
@@ -67,17 +66,9 @@ class RowIndex:
 
     def claim(self, hashes: np.ndarray) -> np.ndarray:
         """For distinct hashes of rows about to be kept: True where this upload keeps
-        the row (not kept earlier in this attempt, not held by another upload).
-
-        One transaction per call, so two concurrent runs on the dataset keep each row
-        content once between them.
-        """
-        candidates = ~np.isin(hashes, self._kept)
-        keep = np.zeros(len(hashes), dtype=bool)
-        idx = np.flatnonzero(candidates)
-        keep[idx[self.catalog.claim_row_hashes(self.dataset_id, self.upload_id, hashes[candidates])]] = True
-        self._kept = np.union1d(self._kept, hashes[keep])
-        return keep
+        the row (held by no other upload, not kept earlier in this attempt). One
+        transaction per call, so concurrent runs on the dataset keep each row once."""
+        return self.catalog.claim_row_hashes(self.dataset_id, self.upload_id, hashes)
 
     def release(self) -> None:
         """The upload kept nothing after all (quarantined, duplicate): free its rows."""

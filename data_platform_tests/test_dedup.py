@@ -43,8 +43,10 @@ def test_rows_seen_in_an_earlier_file_or_run_are_dropped(catalog):
     # A new process (another run) for another file of the dataset:
     second = pa.table({"id": [3, 4, 1]})
     assert RowIndex(Catalog(catalog.url), "acme", "tickets", b.id).keep_mask(second).tolist() == [False, True, False]
-    # Re-running the first upload (a retry) keeps its own rows again: idempotent.
+    # Re-running the first upload (a retry, a new RowIndex) keeps its own rows again.
     assert RowIndex(catalog, "acme", "tickets", a.id).keep_mask(first).tolist() == [True, True, True, False]
+    # ... and the second upload, retried after that, still finds 1 and 3 taken.
+    assert RowIndex(catalog, "acme", "tickets", b.id).keep_mask(second).tolist() == [False, True, False]
 
 
 def test_index_is_per_tenant_and_dataset(catalog):

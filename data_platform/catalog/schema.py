@@ -89,4 +89,5 @@ row_hashes = sa.Table(
     sa.Column("row_hash", sa.BigInteger, primary_key=True),
     sa.Column("upload_id", sa.BigInteger, nullable=False),
     sa.Index("ix_row_hashes_upload", "upload_id"),
+    sqlite_with_rowid=False,  # the primary key is the table: one B-tree fewer per insert
 )

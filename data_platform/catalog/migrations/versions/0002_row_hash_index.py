@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column("dataset_id", sa.BigInteger, primary_key=True),
         sa.Column("row_hash", sa.BigInteger, primary_key=True),
         sa.Column("upload_id", sa.BigInteger, nullable=False),
+        sqlite_with_rowid=False,  # the primary key is the table: one B-tree fewer per insert
     )
     op.create_index("ix_row_hashes_upload", "row_hashes", ["upload_id"])
 
