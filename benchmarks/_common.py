@@ -213,6 +213,18 @@ def _numeric(text: str) -> bool:
     return text.replace(",", "").replace(".", "").replace("x", "").replace("-", "").isdigit()
 
 
+def finish(report: dict, targets: list[dict], out: str) -> int:
+    """Print the targets table and the verdict, write the JSON; the exit code says it."""
+    print()
+    print(table(["target", "measured", "ok"],
+                [[t["target"], f"{t['value']:.0f}" if isinstance(t["value"], float) else t["value"],
+                  "yes" if t["ok"] else "MISSED"] for t in targets]))
+    print("\nALL TARGETS MET" if report["ok"] else "\nTARGET(S) MISSED")
+    write_json(Path(out), report)
+    print(f"\nresults: {out}")
+    return 0 if report["ok"] else 1
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ingest  # noqa: E402
 from _common import (  # noqa: E402
-    DATA_DIR, RESULTS_DIR, MotoServer, generated_jsonl, log, machine_info, table, write_json,
+    DATA_DIR, RESULTS_DIR, MotoServer, finish, generated_jsonl, log, machine_info, table,
 )
 
 HEAD_MB = 20  # > readers.BLOCK_BYTES, so the whole first block is clean
@@ -86,14 +86,7 @@ def main(argv=None) -> int:
     if "slowdown" in report:
         print(f"typed + scattered bad rows is {report['slowdown']:.1f}x slower than plain "
               f"({report['expected_rejects']} malformed timestamps in the input)")
-    print()
-    print(table(["target", "measured", "ok"],
-                [[t["target"], f"{t['value']:.0f}" if isinstance(t["value"], float) else t["value"],
-                  "yes" if t["ok"] else "MISSED"] for t in targets]))
-    print("\nALL TARGETS MET" if report["ok"] else "\nTARGET(S) MISSED")
-    write_json(Path(args.out), report)
-    print(f"\nresults: {args.out}")
-    return 0 if report["ok"] else 1
+    return finish(report, targets, args.out)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    DATA_DIR, RESULTS_DIR, MotoSubprocess, log, machine_info, table, write_json,
+    DATA_DIR, RESULTS_DIR, MotoSubprocess, finish, log, machine_info, table,
 )
 
 MAX_TICK_SECONDS = 10.0
@@ -294,13 +294,7 @@ def main(argv=None) -> int:
                  "prefill register/s"], rows))
     if any(r.get("profiled") for r in results):
         print("(profiled: tick times include cProfile overhead)")
-    print()
-    print(table(["target", "measured", "ok"],
-                [[t["target"], t["value"], "yes" if t["ok"] else "MISSED"] for t in targets]))
-    print("\nALL TARGETS MET" if report["ok"] else "\nTARGET(S) MISSED")
-    write_json(Path(args.out), report)
-    print(f"\nresults: {args.out}")
-    return 0 if report["ok"] else 1
+    return finish(report, targets, args.out)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,3 @@ class Settings:
         catalog_url = env.get("DATA_PLATFORM_CATALOG_URL") or f"sqlite:///{home / 'catalog.db'}"
         return cls(home=home, storage_url=storage_url, catalog_url=catalog_url)
 
-
-def storage_url_from_env() -> str:
-    return Settings.from_env().storage_url
-
-
-def catalog_url_from_env() -> str:
-    return Settings.from_env().catalog_url

@@ -89,17 +89,16 @@ class _Rejects:
 
 class Ingestor:
     def __init__(self, store: ObjectStore, catalog: Catalog, *, claimer: str, pseudonym_key: bytes,
-                 contract: Contract | None = None, work_dir: str | None = None):
+                 contract: Contract | None = None):
         self.store = store
         self.catalog = catalog
         self.claimer = claimer
         self.pseudonym_key = pseudonym_key
         self.contract = contract
-        self.work_dir = work_dir
 
     def ingest(self, upload: Upload) -> Outcome:
         """Take a claimed upload to fresh, duplicate, quarantined or (vanished) deleted."""
-        with tempfile.TemporaryDirectory(prefix="ingest-", dir=self.work_dir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
             return self._ingest(upload, Path(tmp))
 
     def _ingest(self, upload: Upload, tmp: Path) -> Outcome:

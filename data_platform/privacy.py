@@ -45,8 +45,6 @@ PSEUDONYM_PREFIX = "ps_"
 PSEUDONYM_HEX = 32  # 128 bits: collisions are negligible even across billions of values
 FREE_TEXT_MIN_FRACTION = 0.01  # sampled values with embedded PII that make a column free text
 REDACTION_KINDS = ("email", "ip", "phone")  # replacement order: see redact_text
-# A stream of values (a column) that found fewer than 2% of its values in the cache after
-# this many lookups is no longer cached (see Pseudonymizer._pseudonyms).
 
 # -- patterns (RE2 syntax: no lookaround, so boundaries are \b or explicit) -------------------
 
@@ -188,7 +186,7 @@ class Pseudonymizer:
 
     def pseudonym(self, value: str, kind: str | None = None) -> str:
         """The pseudonym of one value ("" for a blank one)."""
-        return self._pseudonyms([value], (kind, None))[0]
+        return self._pseudonym_array(pa.array([value], pa.string()), _lowers(kind))[0].as_py()
 
     def pseudonymize(self, array, kind: str | None = None) -> pa.Array:
         """Pseudonyms of every value, nulls kept, as a string array of the same length."""
@@ -198,8 +196,7 @@ class Pseudonymizer:
         """The distinct pseudonyms of the values present (no nulls, no blanks)."""
         return pa.array(sorted(self._pseudonymize(array, kind, subjects=True)[1]), pa.string())
 
-    def _pseudonymize(self, array, kind: str | None, *, subjects: bool = False,
-                      column: str | None = None) -> tuple[pa.Array, set]:
+    def _pseudonymize(self, array, kind: str | None, *, subjects: bool = False) -> tuple[pa.Array, set]:
         lower = _lowers(kind)  # check it before any work
         arr = _strings(array)
         if len(arr) == 0:
@@ -255,9 +252,6 @@ class Pseudonymizer:
             if counts[kind]:
                 texts = pc.replace_substring_regex(texts, PATTERNS[kind], _REPLACEMENTS[kind])
         return pc.replace_with_mask(arr, candidates, texts), counts
-
-    def _pseudonyms(self, values: list, stream: tuple) -> list:
-        return self._pseudonym_array(pa.array(values, pa.string()), _lowers(stream[0])).to_pylist()
 
 
 def _lowers(kind: str | None) -> bool:
@@ -351,7 +345,7 @@ def apply_privacy(table: pa.Table, pseudonymizer: Pseudonymizer, pii_columns: di
                 report["redacted"][k] += n
             table = table.set_column(i, field.with_type(text.type), text)
         else:
-            out, present = pseudonymizer._pseudonymize(table.column(i), kind, subjects=subjects, column=name)
+            out, present = pseudonymizer._pseudonymize(table.column(i), kind, subjects=subjects)
             report["pseudonymised"][name] = len(out) - out.null_count
             report["subjects"] |= present
             table = table.set_column(i, field.with_type(pa.string()), out)

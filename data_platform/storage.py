@@ -79,7 +79,9 @@ class ObjectStore(ABC):
     def download(self, key: str, dst: BinaryIO, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
         """Copy the object into `dst` in one streaming read; return its info and sha256."""
         with self.open_read(key, if_etag=if_etag) as (info, src):
-            return info, _copy_hashing(src, dst)
+            reader = HashingReader(src)
+            shutil.copyfileobj(reader, dst, COPY_CHUNK)
+            return info, reader.hexdigest()
 
     @abstractmethod
     def upload_file(self, path: str | Path, key: str, progress: Callable[[int], None] | None = None) -> None:
@@ -398,13 +400,6 @@ class HashingReader(io.RawIOBase):
         self.bytes_read += len(chunk)
         return bool(chunk)
 
-
-def _copy_hashing(src, dst: BinaryIO) -> str:
-    digest = hashlib.sha256()
-    while chunk := src.read(COPY_CHUNK):
-        digest.update(chunk)
-        dst.write(chunk)
-    return digest.hexdigest()
 
 
 def open_store(url: str) -> ObjectStore:

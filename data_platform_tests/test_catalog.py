@@ -5,7 +5,7 @@ import pytest
 import sqlalchemy as sa
 
 from data_platform.catalog import (
-    DUPLICATE, FRESH, LANDING, QUARANTINED, Catalog, DuplicateContent, Identity, TransitionConflict, metadata,
+    DUPLICATE, FRESH, LANDING, Catalog, DuplicateContent, Identity, TransitionConflict, metadata,
 )
 
 

@@ -5,7 +5,6 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from data_platform.catalog import Catalog, Identity
 from data_platform.dedup import RowIndex, first_occurrences, row_hashes

@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from data_platform import privacy
 from data_platform.config import Settings
 from data_platform.privacy import (
     PATTERNS, PII_KINDS, Pseudonymizer, PseudonymKeyError, apply_privacy, detect_pii_columns, load_pseudonym_key,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -198,15 +199,8 @@ class Catalog:
 
     def known_uploads(self, identities: Sequence[Identity]) -> dict[tuple, Upload]:
         """Ledger rows for the given identities, keyed by `Identity.db_key`."""
-        found: dict[tuple, Upload] = {}
-        keys = sorted({i.landing_key for i in identities})
         with self.engine.connect() as conn:
-            for chunk in _chunks(keys, 500):
-                for row in conn.execute(sa.select(uploads).where(uploads.c.landing_key.in_(chunk))):
-                    upload = Upload.from_row(row)
-                    found[(upload.landing_key, upload.etag, upload.last_modified)] = upload
-        wanted = {i.db_key for i in identities}
-        return {k: v for k, v in found.items() if k in wanted}
+            return {(u.landing_key, u.etag, u.last_modified): u for u in self._select_identities(conn, identities)}
 
     def register(self, new: Sequence[tuple[Identity, str | None, str | None]], actor: str) -> list[Upload]:
         """Add uploads in state `landing`; identities already present are left alone.
@@ -384,7 +378,7 @@ class Catalog:
                 found = conn.execute(query).scalar_one()
         return int(found)
 
-    def claim_row_hashes(self, dataset_id: int, upload_id: int, hashes: "np.ndarray") -> "np.ndarray":
+    def claim_row_hashes(self, dataset_id: int, upload_id: int, hashes: np.ndarray) -> np.ndarray:
         """Claim distinct row hashes (int64) for an upload; returns a mask of the ones
         newly claimed (the rows to keep). A hash already held, by another upload or by
         this one earlier in the attempt, is a duplicate. Callers release an upload's
@@ -395,8 +389,6 @@ class Catalog:
         raw DB-API cursor returns the claimed hashes: building SQLAlchemy result rows
         for every one cost more than the insert.
         """
-        import numpy as np
-
         if len(hashes) == 0:
             return np.zeros(0, dtype=bool)
         ordered = np.sort(hashes).tolist()
