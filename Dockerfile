@@ -16,19 +16,24 @@ RUN groupadd --system --gid 1000 dagster \
 
 WORKDIR /opt/dagster/app
 
-# Dependencies first, in their own layer: install the project with an empty
-# package so that a change to the sources does not reinstall pandas & co.
+# Dependencies first, in their own layer, so that a change to the sources does not
+# reinstall pandas & co.
 COPY pyproject.toml README.md ./
-RUN mkdir data_platform \
- && touch data_platform/__init__.py \
- && pip install . \
- && pip uninstall -y data_platform \
- && rm -rf data_platform build ./*.egg-info
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
 
+# The compiled kernels (setup.py) need a C compiler and OpenSSL's headers to build,
+# not to run: both are purged again (libssl3 is part of the base image).
+COPY setup.py ./
 COPY data_platform ./data_platform
-RUN pip install --no-deps . \
- && rm -rf build ./*.egg-info \
- && python -c "import data_platform"
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev libssl-dev \
+ && pip install --no-deps . \
+ && apt-get purge -y --auto-remove gcc libc6-dev libssl-dev \
+ && rm -rf /var/lib/apt/lists/* build ./*.egg-info \
+ && python -c "import data_platform, data_platform._native.hmac_kernel"
 
 # Production instance (PostgreSQL) and the gRPC workspace for webserver/daemon.
 COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml

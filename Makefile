@@ -9,7 +9,7 @@ export DATA_PLATFORM_HOME DAGSTER_HOME
 
 .PHONY: dev test install bench
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py $(wildcard data_platform/_native/*.c)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'

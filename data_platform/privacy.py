@@ -13,26 +13,27 @@ storage) a key is generated once into $DATA_PLATFORM_HOME/pseudonym.key; on s3:/
 storage it must be given, since a key generated inside one container would silently
 change every pseudonym when the container is replaced.
 
-Throughput: HMAC runs once per distinct value (dictionary_encode, then take) and a
-bounded per-instance cache carries pseudonyms across the tables of one upload (columns
-whose values do not repeat stop being cached); free text is searched and rewritten by
-RE2 inside Arrow, never row by row in Python: only rows a cheap pre-filter selects go
-through the exact patterns. Normalisation: values are stripped; emails and IPs are also
+Throughput: a small compiled kernel (data_platform/_native/hmac_kernel.c) computes the
+HMACs of a whole Arrow column, split across the cores; free text is searched and
+rewritten by RE2 inside Arrow, never row by row in Python: only rows a cheap
+pre-filter selects go through the exact patterns. Normalisation: values are stripped; emails and IPs are also
 lower-cased. A blank value stays "" (no pseudonym), a null stays null.
 """
 
+import functools
 import hashlib
 import hmac
 import logging
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_platform._native import hmac_kernel
 from data_platform.config import Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ PSEUDONYM_PREFIX = "ps_"
 PSEUDONYM_HEX = 32  # 128 bits: collisions are negligible even across billions of values
 FREE_TEXT_MIN_FRACTION = 0.01  # sampled values with embedded PII that make a column free text
 REDACTION_KINDS = ("email", "ip", "phone")  # replacement order: see redact_text
+PARALLEL_SLICE = 65_536  # values per kernel call below which one thread does it all
+_THREADS = os.cpu_count() or 1
 
 # -- patterns (RE2 syntax: no lookaround, so boundaries are \b or explicit) -------------------
 
@@ -168,15 +171,15 @@ class Pseudonymizer:
             raise PseudonymKeyError(f"the pseudonym key must be at least {MIN_KEY_BYTES} bytes")
         self.tenant = tenant
         tenant_key = hmac.new(bytes(key), b"tenant:" + tenant.encode("utf-8"), hashlib.sha256).digest()
-        # HMAC(k, m) = H((k^opad) || H((k^ipad) || m)): with the padded blocks, DuckDB's
-        # vectorised sha256 computes exactly hmac.new(k, m, sha256) for a whole column
-        # (~0.8M values/s here against ~0.35M/s for hashlib in a Python loop).
+        # HMAC(k, m) = H((k^opad) || H((k^ipad) || m)): the compiled kernel starts every
+        # value from the SHA-256 states of these two blocks and computes exactly
+        # hmac.new(k, m, sha256) for a whole column (~4M values/s per core here, against
+        # ~0.9M/s for DuckDB's sha256 and ~0.35M/s for hashlib in a Python loop).
         block = tenant_key.ljust(64, b"\0")
         self._ipad = bytes(b ^ 0x36 for b in block)
         self._opad = bytes(b ^ 0x5C for b in block)
         del tenant_key, block
         self.computed = 0  # HMACs computed, for monitoring
-        self._con = None
 
     def __repr__(self) -> str:
         return f"Pseudonymizer(tenant={self.tenant!r})"
@@ -198,39 +201,46 @@ class Pseudonymizer:
 
     def _pseudonymize(self, array, kind: str | None, *, subjects: bool = False) -> tuple[pa.Array, set]:
         lower = _lowers(kind)  # check it before any work
-        arr = _strings(array)
+        arr = _strings(array, keep_large=True)
         if len(arr) == 0:
             return pa.array([], pa.string()), set()
-        encoded = pc.dictionary_encode(arr)  # HMAC once per distinct value, then take
-        distinct = self._pseudonym_array(encoded.dictionary, lower)
+        out = self._pseudonym_array(arr, lower)
         present = set()
-        if subjects:  # the dictionary holds exactly the values present
-            present.update(distinct.to_pylist())
+        if subjects:
+            present.update(pc.unique(out.drop_null()).to_pylist())
             present.discard("")
-        return pc.take(distinct, encoded.indices), present
+        return out, present
 
     def _pseudonym_array(self, values: pa.Array, lower: bool) -> pa.Array:
-        """Pseudonyms of an array of values, all in Arrow and DuckDB: None stays None, a
-        blank value gets "" (not a person: no pseudonym, no erasure subject)."""
+        """Pseudonyms of an array of values: None stays None, a blank value gets ""
+        (not a person: no pseudonym, no erasure subject)."""
         normalised = pc.utf8_trim_whitespace(values)
         if lower:
             normalised = pc.utf8_lower(normalised)
-        if self._con is None:  # opening a DuckDB connection costs ~30 ms: one per instance
-            self._con = duckdb.connect()
-            self._con.execute("SET threads = 2")
-        con = self._con
-        try:
-            con.register("pseudonym_input", pa.table({"v": normalised}))
-            result = con.sql(
-                "SELECT CASE WHEN v = '' THEN '' ELSE "
-                "$prefix || left(sha256($opad || unhex(sha256($ipad || encode(v)))), $n) END AS p "
-                "FROM pseudonym_input",
-                params={"prefix": PSEUDONYM_PREFIX, "ipad": self._ipad, "opad": self._opad, "n": PSEUDONYM_HEX},
-            ).to_arrow_table()
-        finally:
-            con.unregister("pseudonym_input")
-        self.computed += int(pc.sum(pc.not_equal(normalised, "")).as_py() or 0)
-        return result.column("p").combine_chunks().cast(pa.string())
+        n = len(normalised)
+        # The kernel releases the GIL: big columns are split across the cores.
+        step = max(PARALLEL_SLICE, -(-n // _THREADS))
+        slices = [normalised.slice(i, step) for i in range(0, n, step)]
+        if len(slices) == 1:
+            parts = [self._hmac_slice(slices[0])]
+        else:
+            parts = list(_pool().map(self._hmac_slice, slices))
+        out = pa.chunked_array(parts, pa.string()).combine_chunks() if len(parts) > 1 else parts[0]
+        if normalised.null_count:
+            out = pc.if_else(pc.is_valid(normalised), out, pa.scalar(None, pa.string()))
+        self.computed += n - normalised.null_count - int(pc.sum(pc.equal(normalised, "")).as_py() or 0)
+        return out
+
+    def _hmac_slice(self, values: pa.Array) -> pa.Array:
+        _, offsets, data = values.buffers()
+        large = pa.types.is_large_string(values.type)
+        if data is None:  # all values empty or null
+            data = pa.py_buffer(b"")
+        out_offsets, out_data = hmac_kernel.pseudonyms(
+            self._ipad, self._opad, PSEUDONYM_PREFIX.encode(), PSEUDONYM_HEX, offsets, data,
+            values.offset, len(values), large)
+        return pa.Array.from_buffers(pa.string(), len(values),
+                                     [None, pa.py_buffer(out_offsets), pa.py_buffer(out_data)])
 
     def redact_text(self, array) -> tuple[pa.Array, dict[str, int]]:
         """Free text with emails, IP addresses and phone numbers replaced by "[email]",
@@ -252,6 +262,11 @@ class Pseudonymizer:
             if counts[kind]:
                 texts = pc.replace_substring_regex(texts, PATTERNS[kind], _REPLACEMENTS[kind])
         return pc.replace_with_mask(arr, candidates, texts), counts
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="pseudonyms")
 
 
 def _lowers(kind: str | None) -> bool:

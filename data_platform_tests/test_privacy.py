@@ -100,16 +100,20 @@ def test_subjects_are_the_distinct_pseudonyms_present():
     assert sorted(subjects.to_pylist()) == sorted([p.pseudonym("a@x.io", "email"), p.pseudonym("b@x.io", "email")])
 
 
-def test_hmac_once_per_distinct_value_and_equal_to_hmac_new():
+def test_kernel_hmac_equals_hmac_new_across_threads_and_slices():
     p = Pseudonymizer(KEY, "acme")
-    values = [f"User{i}@X.io " for i in range(5000)] * 2 + [None, ""]
+    # More values than one kernel call takes, so the column is split across threads.
+    values = [f"User{i}@X.io " for i in range(100_000)] * 2 + [None, ""]
     out = p.pseudonymize(pa.array(values), "email").to_pylist()
-    assert p.computed == 5000  # once per distinct value, in one vectorised batch
+    assert p.computed == 200_000  # blanks and nulls are not hashed
     key = tenant_key(KEY, "acme")
     expected = ["ps_" + hmac.new(key, v.strip().lower().encode(), hashlib.sha256).hexdigest()[:32]
-                for v in values[:5000]]
-    assert out[:5000] == expected and out[5000:10000] == expected
-    assert out[10000:] == [None, ""]
+                for v in values[:100_000]]
+    assert out[:100_000] == expected and out[100_000:200_000] == expected
+    assert out[200_000:] == [None, ""]
+    # A slice with a nonzero offset, and large strings, give the same pseudonyms.
+    sliced = pa.array(values, pa.large_string()).slice(99_990, 20)
+    assert p.pseudonymize(sliced, "email").to_pylist() == out[99_990:100_010]
 
 
 def test_unknown_kind_and_short_key_are_refused():
@@ -415,3 +419,16 @@ def test_damaged_key_file_is_refused_not_replaced(tmp_path):
     with pytest.raises(PseudonymKeyError, match="pseudonym.key"):
         load_pseudonym_key(local_settings(tmp_path), {})
     assert path.read_text() == "abc\n"
+
+
+def test_kernel_refuses_buffers_that_do_not_match():
+    from data_platform._native import hmac_kernel
+
+    block = bytes(64)
+    offsets = pa.array([0, 3, 6], pa.int32()).buffers()[1]
+    with pytest.raises(ValueError, match="data buffer"):
+        hmac_kernel.pseudonyms(block, block, b"ps_", 32, offsets, b"abc", 0, 2, False)
+    with pytest.raises(ValueError, match="offsets buffer"):
+        hmac_kernel.pseudonyms(block, block, b"ps_", 32, offsets, b"abcdef", 1, 2, False)
+    with pytest.raises(ValueError, match="64-byte"):
+        hmac_kernel.pseudonyms(b"short", block, b"ps_", 32, offsets, b"abcdef", 0, 2, False)

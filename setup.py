@@ -1,0 +1,14 @@
+"""Compiled kernels for the hot loops that Arrow and DuckDB do not cover (metadata is in
+pyproject.toml). Each is a small CPython extension over Arrow buffers that releases the
+GIL, so the callers can split a column across threads."""
+
+from setuptools import Extension, setup
+
+COMMON = ["-O3", "-std=c11", "-Wall", "-Wno-deprecated-declarations"]
+
+setup(ext_modules=[
+    # HMAC-SHA-256 with precomputed inner/outer midstates; OpenSSL's SHA-256 uses the
+    # CPU's SHA extensions where present.
+    Extension("data_platform._native.hmac_kernel", ["data_platform/_native/hmac_kernel.c"],
+              libraries=["crypto"], extra_compile_args=COMMON),
+])
