@@ -48,6 +48,7 @@ FREE_TEXT_MIN_FRACTION = 0.01  # sampled values with embedded PII that make a co
 REDACTION_KINDS = ("email", "ip", "phone")  # replacement order: see redact_text
 PARALLEL_SLICE = 65_536  # values per kernel call below which one thread does it all
 _THREADS = os.cpu_count() or 1
+_NO_KEYS = np.zeros(0, dtype=np.int64)
 
 # -- patterns (RE2 syntax: no lookaround, so boundaries are \b or explicit) -------------------
 
@@ -189,58 +190,50 @@ class Pseudonymizer:
 
     def pseudonym(self, value: str, kind: str | None = None) -> str:
         """The pseudonym of one value ("" for a blank one)."""
-        return self._pseudonym_array(pa.array([value], pa.string()), _lowers(kind))[0].as_py()
+        return self._pseudonymize(pa.array([value], pa.string()), kind)[0][0].as_py()
 
     def pseudonymize(self, array, kind: str | None = None) -> pa.Array:
         """Pseudonyms of every value, nulls kept, as a string array of the same length."""
         return self._pseudonymize(array, kind)[0]
 
-    def subjects(self, array, kind: str | None = None) -> pa.Array:
-        """The distinct pseudonyms of the values present (no nulls, no blanks)."""
-        return pa.array(sorted(self._pseudonymize(array, kind, subjects=True)[1]), pa.string())
+    def subject_keys(self, array, kind: str | None = None) -> np.ndarray:
+        """Sorted distinct subject keys (see `subject_key`) of the values present (no
+        nulls, no blanks)."""
+        return self._pseudonymize(array, kind, subjects=True)[1]
 
-    def _pseudonymize(self, array, kind: str | None, *, subjects: bool = False) -> tuple[pa.Array, set]:
+    def _pseudonymize(self, array, kind: str | None, *, subjects: bool = False) -> tuple[pa.Array, np.ndarray]:
         lower = _lowers(kind)  # check it before any work
         arr = _strings(array, keep_large=True)
         if len(arr) == 0:
-            return pa.array([], pa.string()), set()
-        out = self._pseudonym_array(arr, lower)
-        present = set()
-        if subjects:
-            present.update(pc.unique(out.drop_null()).to_pylist())
-            present.discard("")
-        return out, present
-
-    def _pseudonym_array(self, values: pa.Array, lower: bool) -> pa.Array:
-        """Pseudonyms of an array of values: None stays None, a blank value gets ""
-        (not a person: no pseudonym, no erasure subject)."""
-        normalised = pc.utf8_trim_whitespace(values)
+            return pa.array([], pa.string()), _NO_KEYS
+        normalised = pc.utf8_trim_whitespace(arr)
         if lower:
             normalised = pc.utf8_lower(normalised)
         n = len(normalised)
         # The kernel releases the GIL: big columns are split across the cores.
         step = max(PARALLEL_SLICE, -(-n // _THREADS))
         slices = [normalised.slice(i, step) for i in range(0, n, step)]
-        if len(slices) == 1:
-            parts = [self._hmac_slice(slices[0])]
-        else:
-            parts = list(_pool().map(self._hmac_slice, slices))
-        out = pa.chunked_array(parts, pa.string()).combine_chunks() if len(parts) > 1 else parts[0]
+        parts = [self._hmac_slice(slices[0])] if len(slices) == 1 else list(_pool().map(self._hmac_slice, slices))
+        out = pa.chunked_array([p for p, _ in parts], pa.string()).combine_chunks() if len(parts) > 1 else parts[0][0]
+        valid = pc.is_valid(normalised)
         if normalised.null_count:
-            out = pc.if_else(pc.is_valid(normalised), out, pa.scalar(None, pa.string()))
-        self.computed += n - normalised.null_count - int(pc.sum(pc.equal(normalised, "")).as_py() or 0)
-        return out
+            out = pc.if_else(valid, out, pa.scalar(None, pa.string()))
+        present = pc.and_(valid, pc.not_equal(pc.fill_null(normalised, ""), "")).to_numpy(zero_copy_only=False)
+        self.computed += int(present.sum())
+        keys = _NO_KEYS
+        if subjects:
+            keys = np.unique(np.concatenate([k for _, k in parts])[present])
+        return out, keys
 
-    def _hmac_slice(self, values: pa.Array) -> pa.Array:
+    def _hmac_slice(self, values: pa.Array) -> tuple[pa.Array, np.ndarray]:
         _, offsets, data = values.buffers()
-        large = pa.types.is_large_string(values.type)
         if data is None:  # all values empty or null
             data = pa.py_buffer(b"")
-        out_offsets, out_data = hmac_kernel.pseudonyms(
+        out_offsets, out_data, keys = hmac_kernel.pseudonyms(
             self._ipad, self._opad, PSEUDONYM_PREFIX.encode(), PSEUDONYM_HEX, offsets, data,
-            values.offset, len(values), large)
-        return pa.Array.from_buffers(pa.string(), len(values),
-                                     [None, pa.py_buffer(out_offsets), pa.py_buffer(out_data)])
+            values.offset, len(values), pa.types.is_large_string(values.type))
+        out = pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(out_offsets), pa.py_buffer(out_data)])
+        return out, np.frombuffer(keys, dtype=np.int64)
 
     def redact_text(self, array) -> tuple[pa.Array, dict[str, int]]:
         """Free text with emails, IP addresses and phone numbers replaced by "[email]",
@@ -267,6 +260,17 @@ class Pseudonymizer:
 @functools.cache
 def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=_THREADS, thread_name_prefix="pseudonyms")
+
+
+def subject_key(pseudonym: str) -> int:
+    """The erasure index's key of a pseudonym: its first 16 hex digits as a signed 64-bit
+    integer (what the kernel returns beside each pseudonym). Among a tenant's subjects,
+    two keys collide with odds of about n^2 / 2^65; a collision only makes an erasure
+    read one more file."""
+    if not pseudonym.startswith(PSEUDONYM_PREFIX) or len(pseudonym) < len(PSEUDONYM_PREFIX) + 16:
+        raise ValueError(f"not a pseudonym: {pseudonym[:8]!r}...")
+    value = int(pseudonym[len(PSEUDONYM_PREFIX):len(PSEUDONYM_PREFIX) + 16], 16)
+    return value - (1 << 64) if value >= 1 << 63 else value
 
 
 def _lowers(kind: str | None) -> bool:
@@ -344,9 +348,10 @@ def apply_privacy(table: pa.Table, pseudonymizer: Pseudonymizer, pii_columns: di
                   subjects: bool = True) -> tuple[pa.Table, dict]:
     """The table with its PII columns pseudonymised or redacted, and a report:
     {"pseudonymised": {column: non-null values}, "redacted": {kind: matches},
-     "subjects": set of the distinct pseudonyms written (left empty with subjects=False,
-     which saves turning every pseudonym into a Python string)}."""
-    report = {"pseudonymised": {}, "redacted": dict.fromkeys(REDACTION_KINDS, 0), "subjects": set()}
+     "subjects": sorted distinct subject keys (int64, see `subject_key`) of the
+     pseudonyms written; empty with subjects=False}."""
+    report = {"pseudonymised": {}, "redacted": dict.fromkeys(REDACTION_KINDS, 0), "subjects": _NO_KEYS}
+    subject_parts = []
     for name, kind in pii_columns.items():
         if kind not in PII_KINDS:
             raise ValueError(f"column {name!r}: unknown PII kind {kind!r}; expected one of {PII_KINDS}")
@@ -362,6 +367,8 @@ def apply_privacy(table: pa.Table, pseudonymizer: Pseudonymizer, pii_columns: di
         else:
             out, present = pseudonymizer._pseudonymize(table.column(i), kind, subjects=subjects)
             report["pseudonymised"][name] = len(out) - out.null_count
-            report["subjects"] |= present
+            subject_parts.append(present)
             table = table.set_column(i, field.with_type(pa.string()), out)
+    if subject_parts:
+        report["subjects"] = np.unique(np.concatenate(subject_parts))
     return table, report

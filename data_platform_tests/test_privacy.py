@@ -21,7 +21,7 @@ import pytest
 
 from data_platform.config import Settings
 from data_platform.privacy import (
-    PATTERNS, PII_KINDS, Pseudonymizer, PseudonymKeyError, apply_privacy, detect_pii_columns, load_pseudonym_key,
+    PATTERNS, PII_KINDS, Pseudonymizer, PseudonymKeyError, apply_privacy, detect_pii_columns, load_pseudonym_key, subject_key,
 )
 
 KEY = b"test-master-key-0123456789abcdef"
@@ -94,10 +94,16 @@ def test_pseudonymize_keeps_nulls_and_length_and_matches_pseudonym():
     assert p.pseudonymize(pa.array([], pa.string())).to_pylist() == []
 
 
-def test_subjects_are_the_distinct_pseudonyms_present():
+def test_subject_keys_are_those_of_the_distinct_pseudonyms_present():
     p = Pseudonymizer(KEY, "acme")
-    subjects = p.subjects(pa.array(["a@x.io", "A@x.io", None, "b@x.io", ""]), "email")
-    assert sorted(subjects.to_pylist()) == sorted([p.pseudonym("a@x.io", "email"), p.pseudonym("b@x.io", "email")])
+    keys = p.subject_keys(pa.array(["a@x.io", "A@x.io", None, "b@x.io", ""]), "email")
+    expected = sorted(subject_key(p.pseudonym(v, "email")) for v in ("a@x.io", "b@x.io"))
+    assert keys.tolist() == expected
+    # The key is the pseudonym's first 64 bits, signed: both halves of the range occur.
+    assert subject_key("ps_ffffffffffffffff" + "0" * 16) == -1
+    assert subject_key("ps_7fffffffffffffff" + "0" * 16) == 2**63 - 1
+    with pytest.raises(ValueError):
+        subject_key("not-a-pseudonym")
 
 
 def test_kernel_hmac_equals_hmac_new_across_threads_and_slices():
@@ -309,8 +315,7 @@ def test_apply_privacy_leaves_no_raw_pii(sample):
     written = set()
     for name in ("user_email", "ip_address", "user_id"):
         written |= set(out[name].to_pylist())
-    assert set(report["subjects"]) == written
-    assert report["subjects"] and all(s.startswith("ps_") for s in report["subjects"])
+    assert report["subjects"].tolist() == sorted(subject_key(s) for s in written)
 
 
 def test_apply_privacy_batches_share_pseudonyms(sample):

@@ -22,7 +22,9 @@ static inline int64_t offset_at(const void *offsets, int large, Py_ssize_t i) {
  *   ipad, opad: the 64-byte padded key blocks; prefix: bytes put before the hex digits;
  *   offsets/data: the Arrow buffers of a string (int32 offsets) or large_string (int64)
  *   array; start/count: the slots to hash. An empty value gives an empty result.
- * Returns (offsets: int32[count + 1] as bytes, data: bytes) of a new string array. */
+ * Returns (offsets: int32[count + 1] as bytes, data: bytes) of a new string array, and
+ * keys: int64[count] as bytes, the first 8 bytes of each HMAC read big-endian (0 for an
+ * empty value): compact keys of the pseudonyms for the erasure index. */
 static PyObject *pseudonyms(PyObject *self, PyObject *args) {
     Py_buffer ipad, opad, prefix, offsets, data;
     int hex_chars, large;
@@ -30,7 +32,7 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*iy*y*nnp", &ipad, &opad, &prefix, &hex_chars, &offsets, &data,
                           &start, &count, &large))
         return NULL;
-    PyObject *result = NULL, *out_offsets = NULL, *out_data = NULL;
+    PyObject *result = NULL, *out_offsets = NULL, *out_data = NULL, *out_keys = NULL;
     size_t width = (size_t)(large ? 8 : 4);
     if (ipad.len != SHA256_CBLOCK || opad.len != SHA256_CBLOCK) {
         PyErr_SetString(PyExc_ValueError, "ipad and opad must be 64-byte blocks");
@@ -60,8 +62,10 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
     }
     out_offsets = PyBytes_FromStringAndSize(NULL, (count + 1) * 4);
     out_data = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(non_empty * item));
-    if (!out_offsets || !out_data)
+    out_keys = PyBytes_FromStringAndSize(NULL, count * 8);
+    if (!out_offsets || !out_data || !out_keys)
         goto done;
+    int64_t *keys = (int64_t *)PyBytes_AS_STRING(out_keys);
     int32_t *o = (int32_t *)PyBytes_AS_STRING(out_offsets);
     unsigned char *w = (unsigned char *)PyBytes_AS_STRING(out_data);
     const unsigned char *d = (const unsigned char *)data.buf;
@@ -91,13 +95,20 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
                 h[2 * k + 1] = HEX[digest[k] & 15];
             }
             pos += (int32_t)item;
+            uint64_t key = 0;
+            for (int k = 0; k < 8; k++)
+                key = (key << 8) | digest[k];
+            keys[i] = (int64_t)key;
+        } else {
+            keys[i] = 0;
         }
         o[i + 1] = pos;
     }
     Py_END_ALLOW_THREADS
 
-    result = PyTuple_Pack(2, out_offsets, out_data);
+    result = PyTuple_Pack(3, out_offsets, out_data, out_keys);
 done:
+    Py_XDECREF(out_keys);
     Py_XDECREF(out_offsets);
     Py_XDECREF(out_data);
     PyBuffer_Release(&ipad);
