@@ -8,16 +8,17 @@ that `hash()` stays the same across releases, so it is pinned, and a test fixes 
 hash values: an upgrade that changed them would fail CI rather than let duplicates
 through unnoticed.
 
-The catalog's `row_hashes` index records which upload first kept each content; a
-row whose hash another upload holds is a duplicate. Within one table only the first
-occurrence is kept.
+The index of a dataset is the set of runs of its fresh uploads (data_platform.indexes):
+a row whose hash a committed upload holds is a duplicate, and within one upload only
+the first occurrence is kept. Concurrent runs of the dataset are reconciled at commit.
 """
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from data_platform.catalog import Catalog
+from data_platform.catalog import IndexRun, StagedRun
+from data_platform.indexes import RunStore, SortedKeys
 
 
 def row_hashes(table: pa.Table) -> np.ndarray:
@@ -46,18 +47,44 @@ def first_occurrences(hashes: np.ndarray) -> np.ndarray:
 
 
 class RowIndex:
-    """The dataset's row-hash index, as seen by one upload."""
+    """A dataset's row-hash index as one ingestion process sees it: the rows of every
+    committed upload (loaded from the registered runs, then kept up to date), plus the
+    rows the upload being ingested keeps. Reused across the uploads of one run."""
 
-    def __init__(self, catalog: Catalog, tenant: str, dataset: str, upload_id: int):
-        self.catalog = catalog
-        self.dataset_id = catalog.dataset_id(tenant, dataset)
+    KIND = "rows"
+
+    def __init__(self, runs: RunStore):
+        self.runs = runs
+        self.known = SortedKeys()
+        self.seen_run_id = 0
+        self._loaded_uploads: set[int] = set()
+        self.upload_id: int | None = None
+        self.kept = SortedKeys()
+        self.refresh()
+
+    def refresh(self) -> list[IndexRun]:
+        """Load the runs registered since the last look; returns them."""
+        newer = self.runs.registered(after_id=self.seen_run_id)
+        self._absorb(newer)
+        return newer
+
+    def _absorb(self, runs: list[IndexRun]) -> None:
+        todo = [r for r in runs if r.upload_id not in self._loaded_uploads]
+        for run, table in zip(todo, self.runs.read(todo)):
+            self.known.add(table.column("row_hash").to_numpy())
+            self._loaded_uploads.add(run.upload_id)
+        if runs:
+            self.seen_run_id = max(self.seen_run_id, runs[-1].id)
+
+    def begin(self, upload_id: int) -> None:
+        """Start (or restart: a retry) an upload: nothing kept yet, the latest runs loaded."""
         self.upload_id = upload_id
-        # A new attempt starts clean: rows an earlier (crashed) attempt claimed are
-        # claimed again, and a row seen twice within this attempt is a duplicate.
-        catalog.release_row_hashes(upload_id)
+        self.kept = SortedKeys()
+        self.refresh()
 
     def keep_mask(self, table: pa.Table) -> np.ndarray:
-        """True for rows to keep: first in this table and not held by another upload."""
+        """True for rows to keep: first in this table and held by no committed upload nor
+        earlier in this upload."""
         hashes = row_hashes(table)
         first = first_occurrences(hashes)
         keep = np.zeros(len(hashes), dtype=bool)
@@ -65,11 +92,26 @@ class RowIndex:
         return keep
 
     def claim(self, hashes: np.ndarray) -> np.ndarray:
-        """For distinct hashes of rows about to be kept: True where this upload keeps
-        the row (held by no other upload, not kept earlier in this attempt). One
-        transaction per call, so concurrent runs on the dataset keep each row once."""
-        return self.catalog.claim_row_hashes(self.dataset_id, self.upload_id, hashes)
+        """For distinct hashes of rows about to be kept: True where this upload keeps the row."""
+        keep = ~(self.known.contains(hashes) | self.kept.contains(hashes))
+        self.kept.add(hashes[keep])
+        return keep
 
-    def release(self) -> None:
-        """The upload kept nothing after all (quarantined, duplicate): free its rows."""
-        self.catalog.release_row_hashes(self.upload_id)
+    def stage(self) -> StagedRun | None:
+        """Write the upload's run (its kept hashes, sorted) for the commit to register."""
+        kept = self.kept.sorted()
+        if len(kept) == 0:
+            return None
+        return self.runs.write(self.upload_id, pa.table({"row_hash": kept}))
+
+    def conflicts(self, newer: list[IndexRun]) -> int:
+        """Rows this upload kept that the runs committed meanwhile also hold (absorbing them)."""
+        self._absorb(newer)
+        kept = self.kept.sorted()
+        return int(self.known.contains(kept).sum()) if len(kept) else 0
+
+    def committed(self) -> None:
+        """The upload is fresh and its run registered: its rows are known from now on."""
+        self.known.add(self.kept.sorted())
+        self._loaded_uploads.add(self.upload_id)
+        self.kept = SortedKeys()

@@ -26,11 +26,12 @@ import pyarrow.parquet as pq
 
 from data_platform import layout
 from data_platform.catalog import (
-    DUPLICATE, FRESH, QUARANTINED, DELETED, Catalog, DuplicateContent, Upload,
+    DUPLICATE, FRESH, QUARANTINED, DELETED, Catalog, DuplicateContent, IndexChanged, Upload,
 )
 from data_platform.config import Settings
 from data_platform.contracts import Contract, ContractRegistry
 from data_platform.dedup import RowIndex
+from data_platform.indexes import RunStore
 from data_platform.privacy import Pseudonymizer, load_pseudonym_key
 from data_platform.refinement import UploadRefiner
 from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
@@ -39,6 +40,10 @@ from data_platform.storage import HashingReader, ObjectChanged, ObjectStore
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+# Immediate re-ingestions when a concurrent run of the dataset kept some of the same rows.
+# Each conflict means another upload of the dataset committed, so with a few runs at once
+# this many always suffice; past it the upload is released and the next run retries.
+CONCURRENT_RETRIES = 10
 SAMPLE_REJECTS = 20
 
 
@@ -87,6 +92,10 @@ class _Rejects:
         self._file.close()
 
 
+class ConcurrentIngestion(RuntimeError):
+    """Another run of the dataset committed rows this attempt also kept: retried."""
+
+
 class Ingestor:
     def __init__(self, store: ObjectStore, catalog: Catalog, *, claimer: str, pseudonym_key: bytes,
                  contract: Contract | None = None):
@@ -95,18 +104,33 @@ class Ingestor:
         self.claimer = claimer
         self.pseudonym_key = pseudonym_key
         self.contract = contract
+        self._row_indexes: dict[tuple[str, str], RowIndex] = {}  # loaded once per dataset, kept current
+
+    def _row_index(self, tenant: str, dataset: str) -> RowIndex:
+        if (tenant, dataset) not in self._row_indexes:
+            self._row_indexes[tenant, dataset] = RowIndex(RunStore(self.store, self.catalog, tenant, dataset,
+                                                                   RowIndex.KIND))
+        return self._row_indexes[tenant, dataset]
 
     def ingest(self, upload: Upload) -> Outcome:
         """Take a claimed upload to fresh, duplicate, quarantined or (vanished) deleted."""
-        with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
-            return self._ingest(upload, Path(tmp))
+        for attempt in range(1, CONCURRENT_RETRIES + 1):
+            try:
+                with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
+                    return self._ingest(upload, Path(tmp))
+            except ConcurrentIngestion:
+                if attempt == CONCURRENT_RETRIES:
+                    raise  # released with the error; the next run tries again
+                log.info("upload %s: a concurrent run kept some of its rows first; ingesting it again", upload.id)
+        raise AssertionError("unreachable")
 
     def _ingest(self, upload: Upload, tmp: Path) -> Outcome:
         assert upload.tenant and upload.dataset, "uploads with invalid keys are quarantined by the sensor"
         filename = layout.LandingKey.parse(upload.landing_key).filename
         rejects = _Rejects(tmp)
-        refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects,
-                                RowIndex(self.catalog, upload.tenant, upload.dataset, upload.id))
+        row_index = self._row_index(upload.tenant, upload.dataset)
+        row_index.begin(upload.id)
+        refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects, row_index)
         try:
             parsed = self._parse(upload, filename, tmp, rejects, refiner)
         except ObjectChanged:
@@ -133,7 +157,6 @@ class Ingestor:
                 rejects=rejects, refinement=report.as_dict())
         duplicates = report.duplicates_in_file + report.duplicates_of_earlier_uploads
         if rows == 0 and duplicates and not rejects.count:
-            self.catalog.release_row_hashes(upload.id)
             self.catalog.mark_duplicate(upload, self.claimer, sha256=sha256, first=None, reason="all_rows_duplicate",
                                         detail={"duplicate_rows_removed": duplicates})
             self.store.delete_if_unchanged(upload.landing_key, upload.etag)
@@ -148,18 +171,30 @@ class Ingestor:
         self.store.upload_file(tmp / "data.parquet", data_key)
         if rejects.count:
             self._write_rejects(upload, sha256, rejects, rows)
-        try:
-            self.catalog.mark_fresh(
-                upload, self.claimer, sha256=sha256, rows=rows, quarantined_rows=rejects.count, object_key=data_key,
-                detail={"rejected_by_reason": dict(rejects.by_reason), "contract": report.contract,
-                        "duplicate_rows_removed": report.as_dict()["duplicate_rows_removed"],
-                        "pii_columns": report.pii_columns, "pii_detected": report.pii_detected},
-            )
-        except DuplicateContent as dup:
-            # Another run committed the same bytes first: ours become the duplicate.
-            self.store.delete(data_key)
-            self.store.delete_many(self._reject_keys(upload))
-            return self._duplicate(upload, sha256, self.catalog.get(dup.first_upload_id))
+        runs = [run for run in (row_index.stage(),) if run is not None]
+        detail = {"rejected_by_reason": dict(rejects.by_reason), "contract": report.contract,
+                  "duplicate_rows_removed": report.as_dict()["duplicate_rows_removed"],
+                  "pii_columns": report.pii_columns, "pii_detected": report.pii_detected}
+        while True:
+            try:
+                self.catalog.mark_fresh(
+                    upload, self.claimer, sha256=sha256, rows=rows, quarantined_rows=rejects.count,
+                    object_key=data_key, detail=detail, dataset_id=row_index.runs.dataset_id, runs=runs,
+                    seen_runs={RowIndex.KIND: row_index.seen_run_id})
+                break
+            except IndexChanged as changed:
+                # A concurrent run of the dataset committed first. Rows it also kept would
+                # be kept twice: this attempt is redone (the next one sees its rows).
+                overlap = row_index.conflicts(changed.runs)
+                if overlap:
+                    raise ConcurrentIngestion(f"a concurrent run of {upload.tenant}/{upload.dataset} committed "
+                                              f"{overlap} of the rows this attempt kept; retrying") from None
+            except DuplicateContent as dup:
+                # Another run committed the same bytes first: ours become the duplicate.
+                self.store.delete(data_key)
+                self.store.delete_many(self._reject_keys(upload) + [run.object_key for run in runs])
+                return self._duplicate(upload, sha256, self.catalog.get(dup.first_upload_id))
+        row_index.committed()
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, FRESH, rows=rows, quarantined_rows=rejects.count,
                        object_key=data_key, sha256=sha256, size=size, schema=schema,
@@ -197,10 +232,8 @@ class Ingestor:
         return sha256, info.size, rows, schema, None
 
     def _duplicate(self, upload: Upload, sha256: str, first: Upload) -> Outcome:
-        # A crashed earlier attempt may have written data for this upload: it goes, and
-        # the rows it claimed in the dataset's row index are freed.
+        # A crashed earlier attempt may have written data for this upload: it goes.
         self.store.delete(layout.data_key(upload.tenant, upload.dataset, upload.id))
-        self.catalog.release_row_hashes(upload.id)
         self.catalog.mark_duplicate(upload, self.claimer, sha256=sha256, first=first)
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, DUPLICATE, reason="duplicate_content",
@@ -221,7 +254,6 @@ class Ingestor:
                           rejects: _Rejects | None = None, refinement: dict | None = None) -> Outcome:
         prefix = quarantine_whole(self.store, upload, sha256=sha256, reason=reason, detail=detail, rejects=rejects,
                                   refinement=refinement)
-        self.catalog.release_row_hashes(upload.id)  # it keeps no rows
         self.catalog.mark_quarantined(upload, self.claimer, claimer=self.claimer, reason=reason, object_key=prefix,
                                       sha256=sha256, quarantined_rows=rejects.count if rejects else None,
                                       detail={"detail": detail})

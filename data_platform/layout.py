@@ -102,6 +102,17 @@ def data_key(tenant: str, dataset: str, upload_id: int) -> str:
     return f"{DATA}/{check_name('tenant', tenant)}/{check_name('dataset', dataset)}/upload-{upload_id:010d}.parquet"
 
 
+INDEX_KINDS = ("rows", "near_dup", "subjects")
+
+
+def index_run_key(kind: str, tenant: str, dataset: str, upload_id: int) -> str:
+    """One upload's run of a dataset's persistent index (see data_platform.indexes)."""
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
+    return (f"{PLATFORM}/indexes/{kind}/{check_name('tenant', tenant)}/{check_name('dataset', dataset)}/"
+            f"upload-{upload_id:010d}.parquet")
+
+
 def quarantine_prefix(tenant: str | None, dataset: str | None, upload_id: int) -> str:
     """Where an upload's rejected bytes and report go.
 

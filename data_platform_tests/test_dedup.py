@@ -1,19 +1,29 @@
 """Exact row deduplication across a tenant's files in a dataset, on both catalogs."""
 
+import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
 
-from data_platform.catalog import Catalog, Identity
+from data_platform.catalog import Catalog, Identity, IndexChanged
 from data_platform.dedup import RowIndex, first_occurrences, row_hashes
+from data_platform.indexes import RunStore, SortedKeys
+from data_platform.ingestion import ingest_pending
+from data_platform.intake import scan_landing
 
 
 def uploads(catalog: Catalog, n: int, tenant="acme", dataset="tickets"):
+    """n new uploads of the dataset, claimed by "test"."""
     when = datetime(2026, 11, 1, tzinfo=UTC)
-    return catalog.register([(Identity(f"landing/{tenant}/{dataset}/{i}.jsonl", "e", 1, when), tenant, dataset)
-                             for i in range(n)], actor="test")
+    registered = catalog.register([(Identity(f"landing/{tenant}/{dataset}/{i}.jsonl", "e", 1, when), tenant, dataset)
+                                   for i in range(n)], actor="test")
+    claimed = catalog.claim(tenant, dataset, "test", lease=timedelta(minutes=5), limit=n)
+    assert {u.id for u in claimed} == {u.id for u in registered}
+    return sorted(claimed, key=lambda u: u.id)
 
 
 def test_hash_values_are_pinned():
@@ -35,69 +45,148 @@ def test_first_occurrences_within_a_table():
     assert first_occurrences(np.array([5, 3, 5, 3, 7], dtype=np.int64)).tolist() == [True, True, False, False, True]
 
 
-def test_rows_seen_in_an_earlier_file_or_run_are_dropped(catalog):
+def row_index(store, catalog, tenant="acme", dataset="tickets") -> RowIndex:
+    return RowIndex(RunStore(store, catalog, tenant, dataset, RowIndex.KIND))
+
+
+def commit(index: RowIndex, catalog: Catalog, upload) -> None:
+    """What the ingestion does when the upload becomes fresh: register the run."""
+    run = index.stage()
+    catalog.mark_fresh(upload, "test", sha256=f"sha-{upload.id}", rows=1, quarantined_rows=0, object_key="k",
+                       dataset_id=index.runs.dataset_id, runs=[run] if run else [],
+                       seen_runs={RowIndex.KIND: index.seen_run_id})
+    index.committed()
+
+
+def test_rows_seen_in_an_earlier_file_or_run_are_dropped(local_store, catalog):
     a, b = uploads(catalog, 2)
+    index = row_index(local_store, catalog)
+    index.begin(a.id)
     first = pa.table({"id": [1, 2, 3, 3]})
-    assert RowIndex(catalog, "acme", "tickets", a.id).keep_mask(first).tolist() == [True, True, True, False]
-    # A new process (another run) for another file of the dataset:
-    second = pa.table({"id": [3, 4, 1]})
-    assert RowIndex(Catalog(catalog.url), "acme", "tickets", b.id).keep_mask(second).tolist() == [False, True, False]
-    # Re-running the first upload (a retry, a new RowIndex) keeps its own rows again.
-    assert RowIndex(catalog, "acme", "tickets", a.id).keep_mask(first).tolist() == [True, True, True, False]
-    # ... and the second upload, retried after that, still finds 1 and 3 taken.
-    assert RowIndex(catalog, "acme", "tickets", b.id).keep_mask(second).tolist() == [False, True, False]
+    assert index.keep_mask(first).tolist() == [True, True, True, False]
+    # Until the upload commits, its rows are its own: a retry keeps them again.
+    index.begin(a.id)
+    assert index.keep_mask(first).tolist() == [True, True, True, False]
+    commit(index, catalog, a)
+    # A new process (another run) for another file of the dataset loads the runs:
+    other = row_index(local_store, Catalog(catalog.url))
+    other.begin(b.id)
+    assert other.keep_mask(pa.table({"id": [3, 4, 1]})).tolist() == [False, True, False]
+    # The same process, next upload: the committed rows stay known.
+    index.begin(b.id)
+    assert index.keep_mask(pa.table({"id": [3, 4, 1]})).tolist() == [False, True, False]
+    assert [r.upload_id for r in catalog.index_runs(index.runs.dataset_id, "rows")] == [a.id]
 
 
-def test_index_is_per_tenant_and_dataset(catalog):
+def test_index_is_per_tenant_and_dataset(local_store, catalog):
     (a,) = uploads(catalog, 1)
-    (b,) = uploads(catalog, 1, dataset="other")
-    (c,) = uploads(catalog, 1, tenant="globex")
+    index = row_index(local_store, catalog)
+    index.begin(a.id)
     rows = pa.table({"id": [1, 2]})
-    for upload, tenant, dataset in ((a, "acme", "tickets"), (b, "acme", "other"), (c, "globex", "tickets")):
-        assert RowIndex(catalog, tenant, dataset, upload.id).keep_mask(rows).tolist() == [True, True]
+    index.keep_mask(rows)
+    commit(index, catalog, a)
+    for tenant, dataset in (("acme", "other"), ("globex", "tickets")):
+        (u,) = uploads(catalog, 1, tenant=tenant, dataset=dataset)
+        other = row_index(local_store, catalog, tenant, dataset)
+        other.begin(u.id)
+        assert other.keep_mask(rows).tolist() == [True, True]
 
 
-def test_release_frees_the_rows_of_an_upload_that_kept_nothing(catalog):
+def test_an_upload_that_never_commits_leaves_no_trace(local_store, catalog):
     a, b = uploads(catalog, 2)
     rows = pa.table({"id": [1, 2]})
-    index = RowIndex(catalog, "acme", "tickets", a.id)
+    index = row_index(local_store, catalog)
+    index.begin(a.id)
     index.keep_mask(rows)
-    index.release()
-    assert RowIndex(catalog, "acme", "tickets", b.id).keep_mask(rows).tolist() == [True, True]
+    index.stage()  # written, then the process dies before the commit: not registered
+    fresh = row_index(local_store, catalog)
+    fresh.begin(b.id)
+    assert fresh.keep_mask(rows).tolist() == [True, True]
 
 
-def test_concurrent_runs_keep_each_row_once(postgresql_catalog):
+def test_a_commit_after_a_concurrent_one_sees_its_rows(local_store, catalog):
+    a, b = uploads(catalog, 2)
+    one, two = row_index(local_store, catalog), row_index(local_store, Catalog(catalog.url))
+    one.begin(a.id)
+    two.begin(b.id)
+    assert one.keep_mask(pa.table({"id": [1, 2]})).all()
+    assert two.keep_mask(pa.table({"id": [2, 3]})).all()  # both loaded the index before either committed
+    commit(one, catalog, a)
+    with pytest.raises(IndexChanged) as changed:
+        commit(two, catalog, b)
+    assert two.conflicts(changed.value.runs) == 1  # row 2: the second upload must be redone
+    assert catalog.get(b.id).state == "landing"  # the refused commit changed nothing
+    two.begin(b.id)
+    assert two.keep_mask(pa.table({"id": [2, 3]})).tolist() == [False, True]
+    commit(two, catalog, b)
+
+
+def test_many_rows_already_indexed_stay_fast_to_check(local_store, catalog):
+    # 2M rows in 20 runs: loading and checking must not be per-row work.
+    ups = uploads(catalog, 21)
+    rng = np.random.default_rng(3)
+    index = row_index(local_store, catalog)
+    for upload in ups[:20]:
+        index.begin(upload.id)
+        index.claim(np.unique(rng.integers(-2**63, 2**63 - 1, size=100_000, dtype=np.int64)))
+        commit(index, catalog, upload)
+    fresh = row_index(local_store, catalog)
+    assert len(fresh.known) == len(index.known) >= 1_999_000
+    probe = np.concatenate([fresh.known.sorted()[:1000], rng.integers(-2**63, 2**63 - 1, 1000, dtype=np.int64)])
+    fresh.begin(ups[20].id)
+    keep = fresh.claim(probe)
+    assert not keep[:1000].any() and keep[1000:].sum() >= 999
+
+
+def test_sorted_keys_membership_across_merges():
+    keys = SortedKeys()
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(-1000, 1000, 50) for _ in range(12)]  # more batches than parts: merged
+    for batch in batches:
+        keys.add(np.unique(batch))
+    everything = np.unique(np.concatenate(batches))
+    probe = np.arange(-1100, 1100)
+    assert keys.contains(probe).tolist() == np.isin(probe, everything).tolist()
+    assert keys.contains(np.array([], dtype=np.int64)).tolist() == []
+    assert SortedKeys().contains(np.array([1, 2])).tolist() == [False, False]
+
+
+def test_concurrent_ingestions_of_one_dataset_keep_each_row_once(s3_store, postgresql_catalog):
     catalog = postgresql_catalog
-    n_runs = 6
-    ups = uploads(catalog, n_runs)
-    rng = np.random.default_rng(7)
-    tables = [pa.table({"id": rng.integers(0, 3000, size=4000)}) for _ in range(n_runs)]
-    kept: list[np.ndarray] = [None] * n_runs
-    errors = []
+    rng = np.random.default_rng(11)
+    written = []
+    for i in range(6):
+        ids = rng.integers(0, 3000, 2000)
+        written.append(ids)
+        body = "\n".join(json.dumps({"id": int(x), "v": f"value-{x}"}) for x in ids) + "\n"
+        s3_store.put_bytes(f"landing/acme/tickets/part-{i}.jsonl", body.encode())
+    assert scan_landing(s3_store, catalog).registered == 6
+    results, errors = [], []
 
-    def run(i):
-        try:
-            index = RowIndex(Catalog(catalog.url), "acme", "tickets", ups[i].id)
-            masks = [index.keep_mask(t) for t in (tables[i].slice(0, 2000), tables[i].slice(2000))]
-            kept[i] = np.concatenate([tables[i].column("id").to_numpy()[:2000][masks[0]],
-                                      tables[i].column("id").to_numpy()[2000:][masks[1]]])
+    def run(n: int) -> None:
+        try:  # each thread its own catalog connection pool, one upload per claim
+            results.append(ingest_pending(s3_store, Catalog(catalog.url), "acme", "tickets", claimer=f"run-{n}",
+                                          batch=1))
         except Exception as err:  # noqa: BLE001
             errors.append(err)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_runs)]
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []
-    all_kept = np.concatenate(kept)
-    distinct_input = np.unique(np.concatenate([t.column("id").to_numpy() for t in tables]))
-    assert len(all_kept) == len(np.unique(all_kept))  # no row content kept twice
-    assert sorted(all_kept.tolist()) == sorted(distinct_input.tolist())  # and none lost
-
-
-def test_a_row_repeated_in_a_later_table_of_the_same_upload_is_dropped(catalog):
-    (a,) = uploads(catalog, 1)
-    index = RowIndex(catalog, "acme", "tickets", a.id)
-    assert index.keep_mask(pa.table({"id": [1, 2]})).tolist() == [True, True]
-    assert index.keep_mask(pa.table({"id": [2, 3]})).tolist() == [False, True]
+    assert errors == [] and all(not r.failures for r in results), [r.failures for r in results]
+    states = [u.state for u in catalog.list_uploads(tenant="acme")]
+    assert len(states) == 6 and set(states) <= {"fresh", "duplicate"}
+    kept = []
+    for upload in catalog.list_uploads(tenant="acme"):
+        if upload.state == "fresh":
+            data = pq.read_table(pa.BufferReader(s3_store.get_bytes(upload.object_key)))
+            kept.append(data.column("id").to_numpy())
+    kept = np.concatenate(kept)
+    assert len(kept) == len(np.unique(kept))  # no row kept twice
+    assert sorted(kept.tolist()) == np.unique(np.concatenate(written)).tolist()  # and none lost
+    # Every fresh upload registered its run; the runs together hold exactly the kept rows.
+    dataset_id = catalog.dataset_id("acme", "tickets")
+    runs = catalog.index_runs(dataset_id, "rows")
+    assert sum(r.entries for r in runs) == len(kept)

@@ -15,13 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from data_platform.catalog.schema import (
-    VERSION_TABLE, audit_log, contents, datasets, metadata, row_hashes, uploads,
+    VERSION_TABLE, audit_log, contents, datasets, index_runs, metadata, uploads,
 )
 
 # The states of PRODUCT.md's "life of a file", plus `duplicate` (same bytes as an
@@ -75,6 +74,7 @@ class Upload:
     claimed_until: datetime | None
     detected_at: datetime
     updated_at: datetime
+    quality: float | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row) -> "Upload":
@@ -90,6 +90,7 @@ class Upload:
             "sha256": self.sha256,
             "rows": self.rows,
             "quarantined_rows": self.quarantined_rows,
+            "quality": self.quality,
             "reason": self.reason,
             "object_key": self.object_key,
             "upload_id": self.id,
@@ -117,6 +118,34 @@ class Identity:
 
 class TransitionConflict(RuntimeError):
     """The upload was not in the expected state or no longer held by this claimer."""
+
+
+@dataclass(frozen=True)
+class IndexRun:
+    """One registered run of a dataset's persistent index (see schema.index_runs)."""
+    id: int
+    dataset_id: int
+    kind: str
+    upload_id: int
+    object_key: str
+    entries: int
+
+
+@dataclass(frozen=True)
+class StagedRun:
+    """A run written to the store, to register with the upload that becomes fresh."""
+    kind: str
+    object_key: str
+    entries: int
+
+
+class IndexChanged(Exception):
+    """Runs the caller had not seen were registered meanwhile (a concurrent run of the
+    same dataset committed first): check them, then commit again with them seen."""
+
+    def __init__(self, runs: list[IndexRun]):
+        super().__init__(f"{len(runs)} index run(s) registered meanwhile")
+        self.runs = runs
 
 
 class DuplicateContent(Exception):
@@ -321,16 +350,35 @@ class Catalog:
         ))
 
     def mark_fresh(self, upload: Upload, claimer: str, *, sha256: str, rows: int, quarantined_rows: int,
-                   object_key: str, detail: dict | None = None) -> None:
-        """landing -> fresh, and record the content as the tenant's first copy.
+                   object_key: str, detail: dict | None = None, quality: float | None = None,
+                   dataset_id: int | None = None, runs: Sequence[StagedRun] = (),
+                   seen_runs: dict[str, int] | None = None) -> None:
+        """landing -> fresh, record the content as the tenant's first copy and register
+        the upload's index runs, all in one transaction.
 
         Raises `DuplicateContent` (and changes nothing) when the same bytes were
-        ingested for the tenant meanwhile, by a run that committed first.
+        ingested for the tenant meanwhile, by a run that committed first; raises
+        `IndexChanged` (and changes nothing) when runs of a kind in `seen_runs` newer
+        than the id given there were registered for the dataset: commits of one dataset
+        are serialised on its row, so of two racing runs the second always sees the first.
         """
         with self.engine.begin() as conn:
+            # The UPDATE comes first: on SQLite it takes the write lock, so what is read
+            # below is the latest commit.
             self._transition(conn, upload.id, from_state=LANDING, to_state=FRESH, actor=claimer, claimer=claimer,
                              detail=detail, sha256=sha256, rows=rows, quarantined_rows=quarantined_rows,
-                             object_key=object_key)
+                             object_key=object_key, quality=quality)
+            if seen_runs:
+                conn.execute(sa.select(datasets.c.id).where(datasets.c.id == dataset_id).with_for_update())
+                newer = conn.execute(
+                    sa.select(index_runs).where(
+                        index_runs.c.dataset_id == dataset_id,
+                        sa.or_(*[sa.and_(index_runs.c.kind == kind, index_runs.c.id > seen)
+                                 for kind, seen in seen_runs.items()]))
+                    .order_by(index_runs.c.id)
+                ).all()
+                if newer:
+                    raise IndexChanged([_index_run(r) for r in newer])
             try:
                 with conn.begin_nested():  # a savepoint, so the lookup below can still run
                     conn.execute(contents.insert().values(tenant=upload.tenant, sha256=sha256, upload_id=upload.id))
@@ -340,6 +388,11 @@ class Catalog:
                                                           contents.c.sha256 == sha256)
                 ).scalar_one()
                 raise DuplicateContent(first) from None  # rolls the transition back too
+            if runs:
+                now = utcnow()
+                conn.execute(index_runs.insert(), [
+                    {"dataset_id": dataset_id, "kind": run.kind, "upload_id": upload.id,
+                     "object_key": run.object_key, "entries": run.entries, "created_at": now} for run in runs])
 
     def mark_duplicate(self, upload: Upload, claimer: str, *, sha256: str, first: Upload | None,
                        reason: str = "duplicate_content", detail: dict | None = None) -> None:
@@ -366,7 +419,7 @@ class Catalog:
             self._transition(conn, upload.id, from_state=LANDING, to_state=DELETED, actor=claimer, claimer=claimer,
                              reason="vanished_before_ingestion")
 
-    # -- row-hash index (exact row dedup) -------------------------------------------
+    # -- datasets and their index runs ----------------------------------------------
 
     def dataset_id(self, tenant: str, dataset: str) -> int:
         query = sa.select(datasets.c.id).where(datasets.c.tenant == tenant, datasets.c.dataset == dataset)
@@ -378,43 +431,15 @@ class Catalog:
                 found = conn.execute(query).scalar_one()
         return int(found)
 
-    def claim_row_hashes(self, dataset_id: int, upload_id: int, hashes: np.ndarray) -> np.ndarray:
-        """Claim distinct row hashes (int64) for an upload; returns a mask of the ones
-        newly claimed (the rows to keep). A hash already held, by another upload or by
-        this one earlier in the attempt, is a duplicate. Callers release an upload's
-        claims before a new attempt, so a retry claims its rows again.
-
-        Inserted in hash order, so concurrent claims lock in the same order and cannot
-        deadlock; a conflicting insert waits for the other run's commit and yields. The
-        raw DB-API cursor returns the claimed hashes: building SQLAlchemy result rows
-        for every one cost more than the insert.
-        """
-        if len(hashes) == 0:
-            return np.zeros(0, dtype=bool)
-        ordered = np.sort(hashes).tolist()
-        with self.engine.begin() as conn:
-            cur = conn.connection.dbapi_connection.cursor()
-            try:
-                if self.engine.dialect.name == "postgresql":
-                    # One array literal: psycopg2 would send a list as ARRAY[...] SQL text.
-                    cur.execute("INSERT INTO row_hashes (dataset_id, row_hash, upload_id) "
-                                "SELECT %s, h, %s FROM unnest(%s::bigint[]) AS t(h) "
-                                "ON CONFLICT DO NOTHING RETURNING row_hash",
-                                (dataset_id, upload_id, "{" + ",".join(map(str, ordered)) + "}"))
-                else:
-                    # SQLite has no arrays: one JSON array, unpacked by json_each in C.
-                    cur.execute("INSERT INTO row_hashes (dataset_id, row_hash, upload_id) "
-                                "SELECT ?, value, ? FROM json_each(?) WHERE true "
-                                "ON CONFLICT DO NOTHING RETURNING row_hash",
-                                (dataset_id, upload_id, "[" + ",".join(map(str, ordered)) + "]"))
-                claimed = [row[0] for row in cur.fetchall()]
-            finally:
-                cur.close()
-        return np.isin(hashes, np.array(claimed, dtype=np.int64))
-
-    def release_row_hashes(self, upload_id: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(row_hashes.delete().where(row_hashes.c.upload_id == upload_id))
+    def index_runs(self, dataset_id: int, kind: str, *, after_id: int = 0) -> list[IndexRun]:
+        """The dataset's registered runs of one index, in commit order."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(index_runs).where(index_runs.c.dataset_id == dataset_id, index_runs.c.kind == kind,
+                                            index_runs.c.id > after_id)
+                .order_by(index_runs.c.id)
+            ).all()
+        return [_index_run(r) for r in found]
 
     # -- queries -------------------------------------------------------------------
 
@@ -470,6 +495,11 @@ class Catalog:
             ]
 
 
+def _index_run(row: sa.Row) -> IndexRun:
+    return IndexRun(id=row.id, dataset_id=row.dataset_id, kind=row.kind, upload_id=row.upload_id,
+                    object_key=row.object_key, entries=row.entries)
+
+
 def _make_engine(url: str) -> Engine:
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -487,8 +517,6 @@ def _make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=60000")
-            # The row-hash index takes random keys: the default 2 MB page cache thrashes.
-            cur.execute("PRAGMA cache_size=-65536")
             # With WAL, NORMAL keeps the database consistent through any crash and skips
             # an fsync per commit; a power cut may undo the last commits, which re-runs
             # redo (every transition is idempotent). Production uses PostgreSQL.
@@ -506,7 +534,7 @@ def _make_engine(url: str) -> Engine:
 
 
 __all__ = [
-    "Catalog", "Upload", "Identity", "TransitionConflict", "DuplicateContent", "STATES", "SETTLED", "INGESTED",
+    "Catalog", "Upload", "Identity", "TransitionConflict", "DuplicateContent", "IndexChanged", "IndexRun", "StagedRun", "STATES", "SETTLED", "INGESTED",
     "LANDING", "FRESH", "USED", "ARCHIVED", "DEPRECATED", "DELETED", "QUARANTINED", "DUPLICATE", "metadata",
     "utcnow",
 ]

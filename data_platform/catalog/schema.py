@@ -38,6 +38,7 @@ uploads = sa.Table(
     sa.Column("claimed_until", sa.DateTime),
     sa.Column("detected_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("quality", sa.Float),  # 0..1, the upload's quality score (fresh uploads)
     sa.UniqueConstraint("landing_key", "etag", "last_modified", name="uq_uploads_identity"),
     sa.Index("ix_uploads_partition_state", "tenant", "dataset", "state"),
     sa.Index("ix_uploads_state", "state"),
@@ -68,7 +69,7 @@ audit_log = sa.Table(
     sa.Index("ix_audit_log_upload", "upload_id"),
 )
 
-# Datasets by number, so the row-hash index stays narrow.
+# Datasets by number, for the index runs.
 datasets = sa.Table(
     "datasets",
     metadata,
@@ -78,16 +79,20 @@ datasets = sa.Table(
     sa.UniqueConstraint("tenant", "dataset", name="uq_datasets_name"),
 )
 
-# One row per distinct row content kept in a dataset (64-bit content hash),
-# owned by the upload that first kept it. The primary key makes "first one wins" hold
-# across concurrent runs; re-running the same upload finds its own rows again. No
-# foreign keys: two checks per inserted row made bulk claims five times slower.
-row_hashes = sa.Table(
-    "row_hashes",
+# Persistent per-dataset indexes (row hashes, near-duplicate bands, erasure subjects)
+# are immutable sorted objects in the store, one "run" per fresh upload, registered here
+# in the same transaction that makes the upload fresh: a run not listed here (a crashed
+# attempt's) is ignored. Runs are read in id order, which is commit order.
+index_runs = sa.Table(
+    "index_runs",
     metadata,
-    sa.Column("dataset_id", sa.BigInteger, primary_key=True),
-    sa.Column("row_hash", sa.BigInteger, primary_key=True),
-    sa.Column("upload_id", sa.BigInteger, nullable=False),
-    sa.Index("ix_row_hashes_upload", "upload_id"),
-    sqlite_with_rowid=False,  # the primary key is the table: one B-tree fewer per insert
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("dataset_id", sa.BigInteger, sa.ForeignKey("datasets.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("upload_id", sa.BigInteger, sa.ForeignKey("uploads.id"), nullable=False),
+    sa.Column("object_key", sa.String(1024), nullable=False),
+    sa.Column("entries", sa.BigInteger, nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("kind", "upload_id", name="uq_index_runs_kind_upload"),
+    sa.Index("ix_index_runs_dataset_kind", "dataset_id", "kind", "id"),
 )
