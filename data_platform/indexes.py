@@ -28,6 +28,7 @@ from data_platform.catalog import Catalog, IndexRun, StagedRun
 from data_platform.storage import ObjectStore
 
 _READERS = 8  # parallel GETs when loading many runs
+SUBJECTS = "subjects"  # the erasure index: subject keys (data_platform.privacy.subject_key)
 
 
 class RunStore:
@@ -92,3 +93,20 @@ class SortedKeys:
         if not self._parts:
             return np.zeros(0, dtype=np.int64)
         return np.sort(np.concatenate(self._parts))
+
+
+def uploads_holding_subject(store: ObjectStore, catalog: Catalog, tenant: str, pseudonym: str) -> list[int]:
+    """The uploads of a tenant whose data holds this pseudonym, from the erasure index
+    (no data file is read). Computing the pseudonym of a raw value is the caller's:
+    `Pseudonymizer(key, tenant).pseudonym(value, kind)`."""
+    from data_platform.privacy import subject_key  # privacy imports nothing from here
+
+    key = np.array([subject_key(pseudonym)], dtype=np.int64)
+    runs = catalog.tenant_index_runs(tenant, SUBJECTS)
+    found = []
+    for run in runs:  # ~8 bytes per distinct subject of an upload, one GET each
+        subjects = pq.read_table(pa.BufferReader(store.get_bytes(run.object_key))).column("subject").to_numpy()
+        at = np.searchsorted(subjects, key)
+        if at[0] < len(subjects) and subjects[at[0]] == key[0]:
+            found.append(run.upload_id)
+    return found

@@ -15,6 +15,7 @@ import logging
 import queue
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from data_platform.catalog import (
 from data_platform.config import Settings
 from data_platform.contracts import Contract, ContractRegistry
 from data_platform.dedup import RowIndex
-from data_platform.indexes import RunStore
+from data_platform.indexes import SUBJECTS, RunStore
 from data_platform.privacy import Pseudonymizer, load_pseudonym_key
 from data_platform.refinement import UploadRefiner
 from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
@@ -105,11 +106,16 @@ class Ingestor:
         self.pseudonym_key = pseudonym_key
         self.contract = contract
         self._row_indexes: dict[tuple[str, str], RowIndex] = {}  # loaded once per dataset, kept current
+        self._run_stores: dict[tuple[str, str, str], RunStore] = {}
+
+    def _runs(self, tenant: str, dataset: str, kind: str) -> RunStore:
+        if (tenant, dataset, kind) not in self._run_stores:
+            self._run_stores[tenant, dataset, kind] = RunStore(self.store, self.catalog, tenant, dataset, kind)
+        return self._run_stores[tenant, dataset, kind]
 
     def _row_index(self, tenant: str, dataset: str) -> RowIndex:
         if (tenant, dataset) not in self._row_indexes:
-            self._row_indexes[tenant, dataset] = RowIndex(RunStore(self.store, self.catalog, tenant, dataset,
-                                                                   RowIndex.KIND))
+            self._row_indexes[tenant, dataset] = RowIndex(self._runs(tenant, dataset, RowIndex.KIND))
         return self._row_indexes[tenant, dataset]
 
     def ingest(self, upload: Upload) -> Outcome:
@@ -168,10 +174,13 @@ class Ingestor:
             return self._quarantine_whole(upload, sha256, reason, detail, rejects=rejects)
 
         data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
+        started = time.perf_counter()
         self.store.upload_file(tmp / "data.parquet", data_key)
         if rejects.count:
             self._write_rejects(upload, sha256, rejects, rows)
-        runs = [run for run in (row_index.stage(),) if run is not None]
+        runs = [run for run in (row_index.stage(), self._stage_subjects(upload, refiner)) if run is not None]
+        report.seconds["upload"] += time.perf_counter() - started
+        started = time.perf_counter()
         detail = {"rejected_by_reason": dict(rejects.by_reason), "contract": report.contract,
                   "duplicate_rows_removed": report.as_dict()["duplicate_rows_removed"],
                   "pii_columns": report.pii_columns, "pii_detected": report.pii_detected}
@@ -195,6 +204,7 @@ class Ingestor:
                 self.store.delete_many(self._reject_keys(upload) + [run.object_key for run in runs])
                 return self._duplicate(upload, sha256, self.catalog.get(dup.first_upload_id))
         row_index.committed()
+        report.seconds["commit"] += time.perf_counter() - started
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, FRESH, rows=rows, quarantined_rows=rejects.count,
                        object_key=data_key, sha256=sha256, size=size, schema=schema,
@@ -215,8 +225,9 @@ class Ingestor:
             with self.store.open_read(upload.landing_key, if_etag=upload.etag) as (info, body):
                 source = HashingReader(body)
                 try:
-                    rows, schema = _write_parquet(refiner(read_ahead(read_stream_tables(source, filename, rejects))),
-                                                  tmp / "data.parquet")
+                    tables = _timed(read_stream_tables(source, filename, rejects), refiner.report.seconds, "parse")
+                    rows, schema = _write_parquet(refiner(read_ahead(tables)), tmp / "data.parquet",
+                                                  refiner.report.seconds)
                     unreadable = None
                 except UnreadableUpload as err:
                     rows, schema, unreadable = 0, None, err
@@ -225,11 +236,17 @@ class Ingestor:
         with open(local, "wb") as f:
             info, sha256 = self.store.download(upload.landing_key, f, if_etag=upload.etag)
         try:
-            rows, schema = _write_parquet(refiner(read_ahead(read_tables(local, filename, rejects))),
-                                          tmp / "data.parquet")
+            tables = _timed(read_tables(local, filename, rejects), refiner.report.seconds, "parse")
+            rows, schema = _write_parquet(refiner(read_ahead(tables)), tmp / "data.parquet", refiner.report.seconds)
         except UnreadableUpload as err:
             return sha256, info.size, 0, None, err
         return sha256, info.size, rows, schema, None
+
+    def _stage_subjects(self, upload: Upload, refiner: UploadRefiner):
+        keys = refiner.subject_keys()
+        if len(keys) == 0:
+            return None
+        return self._runs(upload.tenant, upload.dataset, SUBJECTS).write(upload.id, pa.table({"subject": keys}))
 
     def _duplicate(self, upload: Upload, sha256: str, first: Upload) -> Outcome:
         # A crashed earlier attempt may have written data for this upload: it goes.
@@ -345,7 +362,18 @@ def read_ahead(tables: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]
         thread.join()
 
 
-def _write_parquet(tables, path: Path) -> tuple[int, pa.Schema | None]:
+def _timed(tables: Iterator[pa.Table], seconds: Counter, stage: str) -> Iterator[pa.Table]:
+    """The tables, adding the time spent producing them to seconds[stage]."""
+    while True:
+        started = time.perf_counter()
+        table = next(tables, None)
+        seconds[stage] += time.perf_counter() - started
+        if table is None:
+            return
+        yield table
+
+
+def _write_parquet(tables, path: Path, seconds: Counter | None = None) -> tuple[int, pa.Schema | None]:
     """Stream tables into one Parquet file; returns (rows, schema).
 
     Encoding and compression run in a writer thread while the next table is parsed
@@ -365,7 +393,10 @@ def _write_parquet(tables, path: Path) -> tuple[int, pa.Schema | None]:
                     if writer is None:
                         writer = pq.ParquetWriter(path, table.schema, compression="zstd")
                         schema_seen.append(writer.schema)
+                    started = time.perf_counter()
                     writer.write_table(table, row_group_size=128 * 1024)
+                    if seconds is not None:
+                        seconds["write"] += time.perf_counter() - started
                 except BaseException as err:  # noqa: BLE001 - handed to the producer
                     failure.append(err)
         finally:

@@ -15,8 +15,10 @@ personal data (decided on the upload's first table and reported).
 """
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +44,7 @@ class RefinementReport:
     pii_detected: dict[str, str] = field(default_factory=dict)  # not declared, found by their values
     pseudonymised: Counter = field(default_factory=Counter)
     redacted: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)  # per stage, for the benchmark and the logs
 
     @property
     def failing_share(self) -> float:
@@ -60,6 +63,7 @@ class RefinementReport:
             "pii_detected": self.pii_detected,
             "pseudonymised_values": dict(self.pseudonymised),
             "redacted_in_text": dict(self.redacted),
+            "stage_seconds": {k: round(v, 3) for k, v in sorted(self.seconds.items())},
         }
 
 
@@ -75,27 +79,49 @@ class UploadRefiner:
                                        if contract else None)
         self._results = []
         self._pii_decided = False
+        self._subject_keys: list[np.ndarray] = []
 
     def __call__(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        timed = self._stage
         for table in tables:
             hashes = None
             if self.row_index is not None:
-                hashes = row_hashes(table)
-                first = first_occurrences(hashes)
-                self.report.duplicates_in_file += int(len(first) - first.sum())
-                if not first.all():
-                    table, hashes = table.filter(pa.array(first)), hashes[first]
-            table, valid = self._validate(table)
+                with timed("row_hashing"):
+                    hashes = row_hashes(table)
+                    first = first_occurrences(hashes)
+                    self.report.duplicates_in_file += int(len(first) - first.sum())
+                    if not first.all():
+                        table, hashes = table.filter(pa.array(first)), hashes[first]
+            with timed("validation"):
+                table, valid = self._validate(table)
             if hashes is not None:
-                hashes = hashes[valid]
-                keep = self.row_index.claim(hashes)
-                self.report.duplicates_of_earlier_uploads += int(len(keep) - keep.sum())
-                if not keep.all():
-                    table = table.filter(pa.array(keep))
+                with timed("row_index"):
+                    hashes = hashes[valid]
+                    keep = self.row_index.claim(hashes)
+                    self.report.duplicates_of_earlier_uploads += int(len(keep) - keep.sum())
+                    if not keep.all():
+                        table = table.filter(pa.array(keep))
             if table.num_rows == 0:
                 continue
-            yield self._protect(table)
+            with timed("privacy"):
+                table = self._protect(table)
+            yield table
         self.report.outcomes = merge_outcomes(self._results)
+
+    @contextmanager
+    def _stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.report.seconds[name] += time.perf_counter() - start
+
+    def subject_keys(self) -> np.ndarray:
+        """Sorted distinct subject keys of the personal data this upload wrote (its run of
+        the erasure index: a subject's pseudonym finds the upload without a scan)."""
+        if not self._subject_keys:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate(self._subject_keys))
 
     def _validate(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
         """The rows that pass the contract, cast to its types, and their mask."""
@@ -131,8 +157,9 @@ class UploadRefiner:
             self._pii_decided = True
         if not self.report.pii_columns:
             return table
-        # subjects=False until the erasure index (issue #7) records them.
-        table, privacy = apply_privacy(table, self.pseudonymizer, self.report.pii_columns, subjects=False)
+        table, privacy = apply_privacy(table, self.pseudonymizer, self.report.pii_columns)
+        if len(privacy["subjects"]):
+            self._subject_keys.append(privacy["subjects"])
         self.report.pseudonymised.update(privacy["pseudonymised"])
         self.report.redacted.update(privacy["redacted"])
         return table

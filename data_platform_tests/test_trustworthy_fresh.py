@@ -15,6 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_platform.catalog import FRESH, QUARANTINED
+from data_platform.config import Settings
+from data_platform.indexes import uploads_holding_subject
+from data_platform.privacy import Pseudonymizer, load_pseudonym_key
 from data_platform.defs.ingestion.assets import CONTRACT_CHECK, fresh_data
 from data_platform.defs.ingestion.sensors import landing_sensor
 from data_platform.defs.resources import CatalogResource, ObjectStoreResource
@@ -179,3 +182,37 @@ def test_rows_already_kept_by_earlier_uploads_are_dropped(platform, tmp_path):
     total = sum(pq.read_table(store.fs_path(u.object_key), filesystem=store.filesystem).num_rows
                 for u in uploads.values() if u.state == FRESH)
     assert total == truth["rows"] - truth["exact_dup"] + 1
+
+
+def test_erasure_index_finds_every_upload_holding_a_subject(platform, tmp_path):
+    store, catalog, resources, instance = platform
+    path, _ = generate(tmp_path, 400, seed=31, dup_rate=0, near_dup_rate=0, bad_rate=0)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    store.put_bytes("landing/acme/tickets/a.jsonl", "".join(json.dumps(r) + "\n" for r in rows[:250]).encode())
+    store.put_bytes("landing/acme/other/b.jsonl", "".join(json.dumps(r) + "\n" for r in rows[200:]).encode())
+    ingest(instance, resources)
+    by_name = {u.landing_key.rsplit("/", 1)[1]: u for u in catalog.list_uploads()}
+    a, b = by_name["a.jsonl"], by_name["b.jsonl"]
+    assert a.state == b.state == FRESH
+    pseudonyms = Pseudonymizer(load_pseudonym_key(Settings.from_env()), "acme")
+
+    def found(value, kind):
+        return sorted(uploads_holding_subject(store, catalog, "acme", pseudonyms.pseudonym(value, kind)))
+
+    both = rows[220]["user_email"]
+    only_a = sorted({r["user_email"] for r in rows[:200]} - {r["user_email"] for r in rows[200:]})[0]
+    only_b = sorted({r["ip_address"] for r in rows[250:]} - {r["ip_address"] for r in rows[:250]})[0]
+    assert found(both, "email") == sorted([a.id, b.id])
+    assert found(only_a, "email") == [a.id]
+    assert found(only_b, "ip") == [b.id]
+    assert found("nobody@example.org", "email") == []
+    # Case and spaces do not hide a subject (emails are normalised before hashing) ...
+    assert found(f"  {both.upper()} ", "email") == sorted([a.id, b.id])
+    # ... and another tenant's pseudonym of the same address finds nothing here.
+    other = Pseudonymizer(load_pseudonym_key(Settings.from_env()), "globex").pseudonym(both, "email")
+    assert uploads_holding_subject(store, catalog, "acme", other) == []
+    # The index holds no raw value and no pseudonym text: only 64-bit keys.
+    for run in catalog.tenant_index_runs("acme", "subjects"):
+        table = pq.read_table(pa.BufferReader(store.get_bytes(run.object_key)))
+        assert table.schema.names == ["subject"] and table.schema.field("subject").type == pa.int64()
+        assert run.entries == table.num_rows > 0

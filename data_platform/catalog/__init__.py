@@ -441,6 +441,15 @@ class Catalog:
             ).all()
         return [_index_run(r) for r in found]
 
+    def tenant_index_runs(self, tenant: str, kind: str) -> list[IndexRun]:
+        """Every registered run of one index kind across the tenant's datasets."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(index_runs).join(datasets, datasets.c.id == index_runs.c.dataset_id)
+                .where(datasets.c.tenant == tenant, index_runs.c.kind == kind).order_by(index_runs.c.id)
+            ).all()
+        return [_index_run(r) for r in found]
+
     # -- queries -------------------------------------------------------------------
 
     def get(self, upload_id: int) -> Upload | None:
