@@ -125,7 +125,9 @@ def child_ours(inp: Path, _out: Path, args) -> dict:
         assert store.head(landing_key) is None, "landing object not deleted"
         data_bytes = store.head(outcome.object_key).size
         catalog.dispose()
+    stages = dict((outcome.refinement or {}).get("stage_seconds", {}))
     return {"seconds": t2 - t0, "scan_seconds": t1 - t0, "ingest_seconds": t2 - t1, "rows": outcome.rows,
+            "stage_seconds": stages,
             "quarantined_rows": outcome.quarantined_rows, "duplicate_rows_removed": duplicates,
             "output_bytes": data_bytes}
 
@@ -335,6 +337,15 @@ def print_report(report: dict) -> None:
     for r in ours:
         print(f"ours on {r['input_mb']:.0f} MB: scan_landing {r['scan_seconds']:.2f} s, "
               f"ingest_pending {r['ingest_seconds']:.1f} s, {r['quarantined_rows']} rows quarantined")
+        stages = r.get("stage_seconds") or {}
+        if stages:
+            # Seconds inside each stage; parse and write run in their own threads, overlapping
+            # the others, so the shares are of the summed stage time, not of the wall clock.
+            total = sum(stages.values())
+            print(f"  stages (share of {total:.1f} s summed; wall {r['ingest_seconds']:.1f} s):")
+            print(table(["stage", "seconds", "share"],
+                        [[name, f"{sec:.2f}", f"{sec / total:.0%}"]
+                         for name, sec in sorted(stages.items(), key=lambda kv: -kv[1])]))
     print()
     print(table(["target", "measured", "ok"],
                 [[t["target"], f"{t['value']:.2f}" if isinstance(t["value"], float) else t["value"],

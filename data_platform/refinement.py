@@ -72,11 +72,12 @@ class UploadRefiner:
                  row_index: RowIndex | None = None):
         self.contract = contract
         self.row_index = row_index
-        self.validator = ContractValidator(contract) if contract else None
         self.pseudonymizer = pseudonymizer
         self.on_rejected = on_rejected
         self.report = RefinementReport(contract={"version": contract.version, "source": contract.source}
                                        if contract else None)
+        with self._stage("validation_setup"):  # the first one in a process imports Great Expectations
+            self.validator = ContractValidator(contract) if contract else None
         self._results = []
         self._pii_decided = False
         self._subject_keys: list[np.ndarray] = []

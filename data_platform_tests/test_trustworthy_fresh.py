@@ -216,3 +216,38 @@ def test_erasure_index_finds_every_upload_holding_a_subject(platform, tmp_path):
         table = pq.read_table(pa.BufferReader(store.get_bytes(run.object_key)))
         assert table.schema.names == ["subject"] and table.schema.field("subject").type == pa.int64()
         assert run.entries == table.num_rows > 0
+
+
+def test_unique_columns_reject_every_copy_of_a_repeated_value(platform):
+    store, catalog, resources, instance = platform
+    store.put_bytes("_platform/contracts/acme/accounts.yaml", b"""
+version: 3
+columns:
+  account: {type: string, required: true}
+  handle: {type: string, unique: true}
+  plan: {type: string, allowed: [free, pro]}
+primary_key: [account]
+validation: {max_failing_share: 0.6}
+""")
+    rows = [{"account": "a1", "handle": "ada", "plan": "pro"},
+            {"account": "a2", "handle": "bob", "plan": "free"},
+            {"account": "a3", "handle": "ada", "plan": "free"},   # repeats a1's handle
+            {"account": "a4", "handle": None, "plan": "free"},    # nulls never break unique
+            {"account": "a5", "handle": None, "plan": "pro"},
+            {"account": "a2", "handle": "cyd", "plan": "pro"},    # repeats a2's primary key
+            {"account": "a6", "handle": "dan", "plan": "pro"}]
+    store.put_bytes("landing/acme/accounts/day1.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    (run,) = ingest(instance, resources)
+    (upload,) = catalog.list_uploads()
+    assert upload.state == FRESH
+    # Which copy came first is not the contract's business: every copy is rejected, for
+    # a person to decide.
+    assert json.loads(upload.detail)["rejected_by_reason"] == {"unique:handle": 2, "primary_key": 2}
+    kept = pq.read_table(store.fs_path(upload.object_key), filesystem=store.filesystem)
+    assert sorted(kept.column("account").to_pylist()) == ["a4", "a5", "a6"]
+    rejected = [json.loads(line) for line in store.get_bytes(
+        f"quarantine/acme/accounts/upload-{upload.id:010d}/rejected_rows.jsonl").splitlines()]
+    assert sorted((r["reason"], json.loads(r["raw"])["account"]) for r in rejected) == [
+        ("primary_key", "a2"), ("primary_key", "a2"), ("unique:handle", "a1"), ("unique:handle", "a3")]
+    (check,) = run.get_asset_check_evaluations()
+    assert check.metadata["rows_failing_by_check"].value == {"unique:handle": 2, "primary_key": 2}
