@@ -446,6 +446,10 @@ def ingest_pending(store: ObjectStore, catalog: Catalog, tenant: str, dataset: s
     """
 
     lease = lease or timedelta(minutes=30)
+    # Arrow's default allocator (mimalloc) keeps freed blocks for reuse: with tables of
+    # ~40 MB passing through five stages that held ~110 MB more at peak than malloc does
+    # (654 against 766 MB on 200 MB of JSONL), for no measurable speed.
+    pa.set_memory_pool(pa.system_memory_pool())
     result = BatchResult()
     # Configuration problems (no key on s3://, a broken contract) fail the run before
     # any upload is claimed: they are the operator's to fix, not the uploads' fault.
