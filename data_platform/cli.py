@@ -16,6 +16,7 @@ from pathlib import Path
 from data_platform import layout
 from data_platform.catalog import STATES, Catalog, Identity
 from data_platform.config import Settings
+from data_platform.reporting import dataset_findings
 from data_platform.storage import open_store
 
 
@@ -90,7 +91,8 @@ def cmd_status(args) -> list[dict]:
 
 
 def cmd_stats(args) -> dict:
-    groups = Catalog(_settings().catalog_url).stats()
+    catalog = Catalog(_settings().catalog_url)
+    groups = catalog.stats()
     measures = ("uploads", "bytes", "rows", "quarantined_rows")
 
     def rollup(key_fn):
@@ -111,6 +113,8 @@ def cmd_stats(args) -> dict:
         "by_state": rollup(lambda g: g["state"]),
         "by_tenant": dict(by_tenant),
         "by_dataset": dict(by_dataset),
+        # Quality, duplicates and personal data found by refinement, over ingested uploads.
+        "findings_by_dataset": dataset_findings(catalog),
         "generated_at": datetime.now(UTC).isoformat(),
     }
 
@@ -128,6 +132,11 @@ def _print_human(command: str, result) -> None:
         print(f"{'state':<12} {'uploads':>8} {'bytes':>14} {'rows':>12}")
         for state, v in sorted(result["by_state"].items()):
             print(f"{state:<12} {v['uploads']:>8} {v['bytes']:>14} {v['rows']:>12}")
+        if result["findings_by_dataset"]:
+            print(f"\n{'dataset':<40} {'quality':>7} {'dup rows':>9} {'near dups':>9} {'rejected':>9}")
+        for name, f in result["findings_by_dataset"].items():
+            print(f"{name:<40} {f['quality']['score']:>7.3f} {sum(f['duplicate_rows_removed'].values()):>9} "
+                  f"{sum(f['near_duplicates'].values()):>9} {sum(f['rows_rejected_by_check'].values()):>9}")
 
 
 def build_parser() -> argparse.ArgumentParser:

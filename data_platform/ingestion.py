@@ -173,6 +173,7 @@ class Ingestor:
             detail = f"all {rejects.count} rows rejected" if rejects.count else "the file holds no rows"
             return self._quarantine_whole(upload, sha256, reason, detail, rejects=rejects)
 
+        refiner.finish_quality(rejects.count)
         data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
         started = time.perf_counter()
         self.store.upload_file(tmp / "data.parquet", data_key)
@@ -183,12 +184,15 @@ class Ingestor:
         started = time.perf_counter()
         detail = {"rejected_by_reason": dict(rejects.by_reason), "contract": report.contract,
                   "duplicate_rows_removed": report.as_dict()["duplicate_rows_removed"],
-                  "pii_columns": report.pii_columns, "pii_detected": report.pii_detected}
+                  "pii_columns": report.pii_columns, "pii_detected": report.pii_detected,
+                  "pseudonymised_values": dict(report.pseudonymised), "redacted_in_text": dict(report.redacted),
+                  "near_duplicates": report.near_duplicates, "quality": report.quality}
         while True:
             try:
                 self.catalog.mark_fresh(
                     upload, self.claimer, sha256=sha256, rows=rows, quarantined_rows=rejects.count,
-                    object_key=data_key, detail=detail, dataset_id=row_index.runs.dataset_id, runs=runs,
+                    object_key=data_key, detail=detail, quality=report.quality["score"],
+                    dataset_id=row_index.runs.dataset_id, runs=runs,
                     seen_runs={RowIndex.KIND: row_index.seen_run_id})
                 break
             except IndexChanged as changed:

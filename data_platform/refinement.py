@@ -27,6 +27,7 @@ import pyarrow as pa
 from data_platform.contracts import Contract
 from data_platform.dedup import RowIndex, first_occurrences, row_hashes
 from data_platform.privacy import Pseudonymizer, apply_privacy, detect_pii_columns
+from data_platform.quality import QualityReport, UploadQuality
 from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow
 from data_platform.validation import ContractValidator, ExpectationOutcome, merge_outcomes
 
@@ -45,6 +46,8 @@ class RefinementReport:
     pseudonymised: Counter = field(default_factory=Counter)
     redacted: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)  # per stage, for the benchmark and the logs
+    near_duplicates: dict = field(default_factory=dict)
+    quality: dict | None = None  # QualityReport.as_dict(), once the upload is complete
 
     @property
     def failing_share(self) -> float:
@@ -63,6 +66,8 @@ class RefinementReport:
             "pii_detected": self.pii_detected,
             "pseudonymised_values": dict(self.pseudonymised),
             "redacted_in_text": dict(self.redacted),
+            "near_duplicates": self.near_duplicates,
+            "quality": self.quality,
             "stage_seconds": {k: round(v, 3) for k, v in sorted(self.seconds.items())},
         }
 
@@ -78,6 +83,7 @@ class UploadRefiner:
                                        if contract else None)
         with self._stage("validation_setup"):  # the first one in a process imports Great Expectations
             self.validator = ContractValidator(contract) if contract else None
+        self.quality = UploadQuality()
         self._results = []
         self._pii_decided = False
         self._subject_keys: list[np.ndarray] = []
@@ -106,6 +112,8 @@ class UploadRefiner:
                 continue
             with timed("privacy"):
                 table = self._protect(table)
+            with timed("quality"):
+                self.quality.add(table)
             yield table
         self.report.outcomes = merge_outcomes(self._results)
 
@@ -116,6 +124,19 @@ class UploadRefiner:
             yield
         finally:
             self.report.seconds[name] += time.perf_counter() - start
+
+    def finish_quality(self, rows_rejected: int) -> QualityReport:
+        """Score the upload once every table went through; `rows_rejected` counts the
+        rows the reader could not parse as well as those that broke the contract."""
+        r = self.report
+        unparsed = max(0, rows_rejected - r.rows_failing)
+        with self._stage("quality"):
+            quality = self.quality.finish(
+                rows_in=r.rows_in + r.duplicates_in_file + unparsed, rows_invalid=rows_rejected,
+                rows_duplicate=r.duplicates_in_file + r.duplicates_of_earlier_uploads,
+                rows_near_duplicate=int(r.near_duplicates.get("flagged", 0) + r.near_duplicates.get("dropped", 0)))
+        r.quality = quality.as_dict()
+        return quality
 
     def subject_keys(self) -> np.ndarray:
         """Sorted distinct subject keys of the personal data this upload wrote (its run of

@@ -95,3 +95,36 @@ def test_status_on_an_empty_platform_is_an_empty_list(platform_env):
     assert json.loads(cli(platform_env, "status", "--json").stdout) == []
     stats = json.loads(cli(platform_env, "stats", "--json").stdout)
     assert stats["totals"] == {"uploads": 0, "bytes": 0, "rows": 0, "quarantined_rows": 0}
+
+
+def test_stats_and_status_report_quality_duplicates_and_personal_data(platform_env, tmp_path):
+    env = platform_env
+    rows = [{"id": i, "email": f"user{i % 7}@example.org", "note": f"Ticket {i}: the export failed again today"}
+            for i in range(40)]
+    rows += rows[:10]  # ten exact duplicates within the file
+    rows.append({"id": 99, "email": None, "note": "Call me at user3@example.org about the invoice"})
+    data = tmp_path / "day1.jsonl"
+    data.write_bytes(jsonl(rows))
+    cli(env, "upload", str(data), "--tenant", "acme", "--dataset", "tickets", "--json")
+    store_url = env.get("DATA_PLATFORM_STORAGE_URL") or str(tmp_path / "home" / "objects")
+    catalog_url = env.get("DATA_PLATFORM_CATALOG_URL") or f"sqlite:///{tmp_path / 'home' / 'catalog.db'}"
+    ingest_everything(open_store(store_url), Catalog(catalog_url))
+
+    (entry,) = json.loads(cli(env, "status", "--json").stdout)
+    assert entry["state"] == "fresh" and entry["rows"] == 41
+    quality = entry["detail"]["quality"]
+    # 10 of 51 rows were duplicates; one email cell of 41*3 is null.
+    assert quality["uniqueness"] == round(41 / 51, 4)
+    assert quality["completeness"] == round(1 - 1 / (41 * 3), 4)
+    assert 0 < entry["quality"] == quality["score"] < 1
+    assert quality["languages"]["note"] and quality["modality"] in ("text", "mixed")
+
+    findings = json.loads(cli(env, "stats", "--json").stdout)["findings_by_dataset"]["acme/tickets"]
+    assert findings["uploads"] == 1 and findings["rows"] == 41
+    assert findings["quality"]["score"] == entry["quality"]
+    assert findings["duplicate_rows_removed"] == {"within_file": 10, "of_earlier_uploads": 0}
+    assert findings["pii_detected_undeclared"] == {"email": "email", "note": "free_text"}
+    assert findings["pseudonymised_values"] == {"email": 40}
+    assert findings["redacted_in_text"]["email"] == 1
+    human = cli(env, "stats").stdout
+    assert "acme/tickets" in human and f"{entry['quality']:.3f}" in human

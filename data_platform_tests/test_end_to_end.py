@@ -59,3 +59,9 @@ def test_upload_to_fresh_on_postgres_instance_and_s3(s3_store, pg_catalog_url, p
     table = pq.read_table(s3_store.fs_path("_platform/assets/upload_statistics/latest.parquet"),
                           filesystem=s3_store.filesystem)
     assert table.to_pylist()[0]["rows"] == 250
+    (materialization,) = stats.asset_materializations_for_node("upload_statistics")
+    (record,) = materialization.metadata["quality_by_dataset"].value.records
+    assert record.data["dataset"] == f"{upload.tenant}/{upload.dataset}" and record.data["rows"] == 250
+    assert record.data["quality"] == upload.quality and 0 < upload.quality <= 1
+    findings = materialization.metadata["findings_by_dataset"].value
+    assert findings[f"{upload.tenant}/{upload.dataset}"]["quality"]["rows"] == 250

@@ -89,6 +89,14 @@ def test_contract_rejects_planted_bad_rows_and_no_personal_data_reaches_data(pla
     (check,) = run.get_asset_check_evaluations()
     assert check.check_name == CONTRACT_CHECK and check.passed
     assert check.metadata["rows_failing_by_check"].value == expected
+    # Quality is on the materialization: a float the UI plots run after run, and a table.
+    (materialization,) = run.asset_materializations_for_node("fresh_data")
+    quality = json.loads(acme.detail)["quality"]
+    assert materialization.metadata["dataset_quality"].value == acme.quality == quality["score"]
+    assert 0.5 < acme.quality < 1
+    (record,) = materialization.metadata["quality_by_upload"].value.records
+    assert record.data["upload_id"] == acme.id and record.data["validity"] == round(acme.rows / truth["rows"], 4)
+    assert set(quality["languages"]["text"]) >= {"en", "fr", "es", "de"}
 
     # No raw email, phone or IP from the input reaches data/, for either tenant.
     source = pa.Table.from_pylist([json.loads(line) for line in path.read_text().splitlines()])

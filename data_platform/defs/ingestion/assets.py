@@ -9,6 +9,7 @@ from data_platform import layout
 from data_platform.catalog import FRESH, INGESTED
 from data_platform.defs.resources import CatalogResource, ObjectStoreResource
 from data_platform.ingestion import BatchResult, ingest_pending
+from data_platform.reporting import dataset_findings
 
 # "tenant/dataset": one partition per dataset rather than per file keeps Dagster's
 # partition count small (SQLite instances fail near 36k partitions).
@@ -101,10 +102,40 @@ def _metadata(result: BatchResult, partition_uploads) -> dict:
         "pii_detected_undeclared": dg.MetadataValue.json(_merged(result, "pii_detected")),
         "pseudonymised_values": dg.MetadataValue.json(_summed(result, "pseudonymised_values")),
         "redacted_in_text": dg.MetadataValue.json(_summed(result, "redacted_in_text")),
+        "duplicate_rows_removed": dg.MetadataValue.json(_summed(result, "duplicate_rows_removed")),
+        "near_duplicates": dg.MetadataValue.json(
+            {k: v for k, v in _summed(result, "near_duplicates").items() if isinstance(v, int | float)}),
     }
+    scored = [u for u in in_partition if u.quality is not None and u.rows]
+    if scored:
+        # A float on every materialization: the UI plots the dataset's quality over time.
+        metadata["dataset_quality"] = dg.MetadataValue.float(
+            round(sum(u.rows * u.quality for u in scored) / sum(u.rows for u in scored), 4))
+    quality_rows = [_quality_record(o) for o in fresh if (o.refinement or {}).get("quality")]
+    if quality_rows:
+        metadata["quality_by_upload"] = dg.MetadataValue.table(
+            records=[dg.TableRecord(r) for r in quality_rows[:200]], schema=QUALITY_TABLE)
     if schema is not None:
         metadata["dagster/column_schema"] = _table_schema(schema)
     return metadata
+
+
+QUALITY_TABLE = dg.TableSchema(columns=[
+    dg.TableColumn("upload_id", "int"), dg.TableColumn("rows", "int"), dg.TableColumn("score", "float"),
+    dg.TableColumn("completeness", "float"), dg.TableColumn("validity", "float"),
+    dg.TableColumn("uniqueness", "float"), dg.TableColumn("text_quality", "float"),
+    dg.TableColumn("modality", "string"), dg.TableColumn("languages", "string"),
+])
+
+
+def _quality_record(outcome) -> dict:
+    q = outcome.refinement["quality"]
+    languages = {column: ", ".join(f"{code} {share:.0%}" for code, share in list(shares.items())[:4])
+                 for column, shares in (q.get("languages") or {}).items()}
+    return {"upload_id": outcome.upload_id, "rows": outcome.rows, "score": q["score"],
+            "completeness": q["completeness"], "validity": q["validity"], "uniqueness": q["uniqueness"],
+            "text_quality": q["text_quality"] if q.get("text_quality") is not None else -1.0,
+            "modality": q["modality"], "languages": "; ".join(f"{c}: {v}" for c, v in languages.items())}
 
 
 def _merged(result: BatchResult, key: str) -> dict:
@@ -154,5 +185,22 @@ def upload_statistics(context: dg.AssetExecutionContext, catalog: CatalogResourc
     totals = Counter()
     for row in stats:
         totals[row["state"]] += row["uploads"]
-    context.add_output_metadata({f"uploads_{state}": n for state, n in sorted(totals.items())})
+    findings = dataset_findings(catalog.get_catalog())
+    context.add_output_metadata({
+        **{f"uploads_{state}": n for state, n in sorted(totals.items())},
+        "quality_by_dataset": dg.MetadataValue.table(
+            records=[dg.TableRecord({"dataset": name, "uploads": f["uploads"], "rows": f["rows"],
+                                     "quality": f["quality"]["score"],
+                                     "duplicate_rows_removed": sum(f["duplicate_rows_removed"].values()),
+                                     "near_duplicates": sum(f["near_duplicates"].values()),
+                                     "rows_rejected": sum(f["rows_rejected_by_check"].values()),
+                                     "pii_columns": len(f["pii_columns"])})
+                     for name, f in findings.items()],
+            schema=dg.TableSchema(columns=[
+                dg.TableColumn("dataset", "string"), dg.TableColumn("uploads", "int"), dg.TableColumn("rows", "int"),
+                dg.TableColumn("quality", "float"), dg.TableColumn("duplicate_rows_removed", "int"),
+                dg.TableColumn("near_duplicates", "int"), dg.TableColumn("rows_rejected", "int"),
+                dg.TableColumn("pii_columns", "int")])),
+        "findings_by_dataset": dg.MetadataValue.json(findings),
+    })
     return table
