@@ -13,6 +13,8 @@ a row whose hash a committed upload holds is a duplicate, and within one upload 
 the first occurrence is kept. Concurrent runs of the dataset are reconciled at commit.
 """
 
+import threading
+
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -27,15 +29,27 @@ def row_hashes(table: pa.Table) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     names = sorted(table.column_names)
     columns = ", ".join('"' + n.replace('"', '""') + '"' for n in names)
-    con = duckdb.connect()
+    con = _connection()
     try:
-        con.execute("SET threads = 2")
         con.register("rows_to_hash", table)
         result = con.sql(f"SELECT hash({columns}, $names) AS h FROM rows_to_hash",
                          params={"names": "\x1f".join(names)}).to_arrow_table()
     finally:
-        con.close()
+        con.unregister("rows_to_hash")
     return result.column("h").to_numpy().view(np.int64)
+
+
+_local = threading.local()
+
+
+def _connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB connection per thread: opening one costs ~35 ms, hashing a
+    32k-row table ~13 ms."""
+    con = getattr(_local, "con", None)
+    if con is None:
+        con = _local.con = duckdb.connect()
+        con.execute("SET threads = 2")
+    return con
 
 
 def first_occurrences(hashes: np.ndarray) -> np.ndarray:
