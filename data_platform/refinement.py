@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from data_platform.contracts import Contract
 from data_platform.dedup import RowIndex, first_occurrences, row_hashes
-from data_platform.privacy import Pseudonymizer, _distinct, apply_privacy, detect_pii_columns
+from data_platform.privacy import Pseudonymizer, sorted_distinct, apply_privacy, detect_pii_columns
 from data_platform.quality import QualityReport, UploadQuality
 from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow
 from data_platform.validation import ContractValidator, ExpectationOutcome, merge_outcomes
@@ -143,7 +143,7 @@ class UploadRefiner:
         the erasure index: a subject's pseudonym finds the upload without a scan)."""
         if not self._subject_keys:
             return np.zeros(0, dtype=np.int64)
-        return _distinct(np.concatenate(self._subject_keys))
+        return sorted_distinct(np.concatenate(self._subject_keys))
 
     def _validate(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
         """The rows that pass the contract, cast to its types, and their mask."""
