@@ -46,11 +46,16 @@ definition and suites are built once; the suite runs through GX's V1 `Validator`
 the batch definition (what `ValidationDefinition.run` does, minus keeping each result
 in the context's store; `batch.validate` would build, and hash, the batch twice); only
 the columns with checks are converted to pandas; and with `skip_passing=True`
-(default) an expectation that cannot fail on the table is not sent to GX: not_null
-when Arrow counts no null (nor NaN, which pandas/GX treat as missing), between (numbers)
-when Arrow's min/max lie within the bounds, in_set (strings, integers, booleans) when
-Arrow's distinct values are all allowed. Its outcome is what GX would report (success,
-0 unexpected). regex and uniqueness always run in GX.
+(default) Arrow first finds, per check, a superset of the rows that can fail it: nulls
+(and NaN, which pandas/GX treat as missing) for not_null, values outside the bounds for
+between (numbers), values not allowed for in_set (strings, integers, booleans), values
+that RE2 does not match for regex (when the pattern means the same to RE2 as to
+Python's `re`: no backslash, no POSIX class), every copy of a repeated value for unique
+and primary_key. A check with no such row is not sent to GX (its outcome is what GX
+would report: success, 0 unexpected); the others run in GX on the union of those rows
+only, with their row numbers, so GX decides every failure. On the generator's tickets
+this took validation from ~100 ms to ~55 ms per 32k-row table. A test compares
+the result with every check run by GX on every row.
 
 Importing GX takes ~3.5 s and ~170 MB: it is imported when the first validator is built.
 """
@@ -58,6 +63,7 @@ Importing GX takes ~3.5 s and ~170 MB: it is imported when the first validator i
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -409,10 +415,6 @@ def _cast_column(column: pa.ChunkedArray, target: pa.DataType,
 # -- checks ----------------------------------------------------------------------------------
 
 
-def _has_nan(column: pa.ChunkedArray) -> bool:
-    return pa.types.is_floating(column.type) and bool(pc.any(pc.is_nan(column)).as_py())
-
-
 def _pd_value(spec: "ColumnSpec", value):
     """A contract value as pandas holds the column (timestamps as pd.Timestamp)."""
     if spec.type == "timestamp" and value is not None:
@@ -425,7 +427,9 @@ class _Check:
     name: str
     columns: tuple[str, ...]
     build: Callable[[], Any]  # a fresh GX expectation
-    can_fail: Callable[[pa.ChunkedArray], bool] | None = None  # Arrow pre-check on the single column
+    # Arrow pre-check: a superset of the rows that can fail (None: any row may), given the
+    # check's columns in order. GX then only sees those rows.
+    candidates: Callable[..., np.ndarray] | None = None
     samples: bool = True
 
     @property
@@ -444,50 +448,106 @@ def _value_checks(contract: "Contract", expectations) -> list[_Check]:
             checks.append(_Check(
                 f"not_null:{col}", (col,),
                 lambda col=col, m=meta("not_null"): E.ExpectColumnValuesToNotBeNull(column=col, meta=m),
-                can_fail=lambda c: c.null_count > 0 or _has_nan(c), samples=False))
+                candidates=_missing, samples=False))
         if spec.min is not None or spec.max is not None:
             lo, hi = _pd_value(spec, spec.min), _pd_value(spec, spec.max)
             numeric = spec.type in ("integer", "float")
 
-            def can_fail_between(c, lo=lo, hi=hi):
-                mm = pc.min_max(c).as_py() if len(c) else {"min": None, "max": None}
-                if mm["min"] is None:  # only nulls: nothing to compare
-                    return False
-                return not ((lo is None or mm["min"] >= lo) and (hi is None or mm["max"] <= hi))
+            def outside(c, lo=lo, hi=hi):  # nulls and NaN compare false: GX skips them too
+                mask = pc.or_(pc.less(c, lo) if lo is not None else pa.scalar(False),
+                              pc.greater(c, hi) if hi is not None else pa.scalar(False))
+                return _mask(mask, len(c))
             checks.append(_Check(
                 f"between:{col}", (col,),
                 lambda col=col, lo=lo, hi=hi, m=meta("between"): E.ExpectColumnValuesToBeBetween(
                     column=col, min_value=lo, max_value=hi, meta=m),
-                can_fail=can_fail_between if numeric else None))
+                candidates=outside if numeric else None))
         if spec.allowed is not None:
             allowed = [_pd_value(spec, v) for v in spec.allowed]
             exact = spec.type in ("string", "integer", "boolean")
-            allowed_set = frozenset(spec.allowed) if exact else frozenset()
+            allowed_values = list(spec.allowed) if exact else []
 
-            def can_fail_in_set(c, allowed_set=allowed_set):
-                distinct = pc.unique(c.drop_null() if c.null_count else c).to_pylist()
-                return not allowed_set.issuperset(distinct)
+            def not_allowed(c, allowed_values=allowed_values):
+                return _mask(pc.and_(pc.is_valid(c), pc.invert(pc.is_in(
+                    c, value_set=pa.array(allowed_values, c.type)))), len(c))
             checks.append(_Check(
                 f"in_set:{col}", (col,),
                 lambda col=col, allowed=allowed, m=meta("in_set"): E.ExpectColumnValuesToBeInSet(
                     column=col, value_set=allowed, meta=m),
-                can_fail=can_fail_in_set if exact else None))
+                candidates=not_allowed if exact else None))
         if spec.regex is not None:
             checks.append(_Check(
                 f"regex:{col}", (col,),
                 lambda col=col, rx=spec.regex, m=meta("regex"): E.ExpectColumnValuesToMatchRegex(
-                    column=col, regex=rx, meta=m)))
+                    column=col, regex=rx, meta=m),
+                candidates=_regex_candidates(spec.regex) if spec.type == "string" else None))
         if spec.unique and pk != (col,):
             checks.append(_Check(
                 f"unique:{col}", (col,),
-                lambda col=col, m=meta("unique"): E.ExpectColumnValuesToBeUnique(column=col, meta=m)))
+                lambda col=col, m=meta("unique"): E.ExpectColumnValuesToBeUnique(column=col, meta=m),
+                candidates=_repeated))
     if len(pk) == 1:
         checks.append(_Check("primary_key", pk, lambda: E.ExpectColumnValuesToBeUnique(
-            column=pk[0], meta={"name": "primary_key"})))
+            column=pk[0], meta={"name": "primary_key"}), candidates=_repeated))
     elif len(pk) > 1:  # ExpectCompoundColumnsToBeUnique refuses fewer than two columns
         checks.append(_Check("primary_key", pk, lambda: E.ExpectCompoundColumnsToBeUnique(
-            column_list=list(pk), meta={"name": "primary_key"})))
+            column_list=list(pk), meta={"name": "primary_key"}), candidates=_repeated_together))
     return checks
+
+
+# -- Arrow pre-checks (supersets of the failing rows) ------------------------------------
+
+
+def _mask(values, n: int) -> np.ndarray:
+    if isinstance(values, pa.Scalar):
+        return np.full(n, bool(values.as_py()))
+    return pc.fill_null(values, False).to_numpy(zero_copy_only=False)
+
+
+def _missing(c: pa.ChunkedArray) -> np.ndarray:
+    """Nulls, and NaN (pandas, hence GX, takes NaN for missing)."""
+    mask = pc.is_null(c, nan_is_null=pa.types.is_floating(c.type))
+    return _mask(mask, len(c))
+
+
+def _repeated(c: pa.ChunkedArray) -> np.ndarray:
+    """Rows whose (non-null) value occurs more than once: every copy of a duplicate."""
+    counts = pc.value_counts(c.drop_null() if c.null_count else c)
+    if len(counts) == 0:
+        return np.zeros(len(c), dtype=bool)
+    repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated) == 0:
+        return np.zeros(len(c), dtype=bool)
+    return _mask(pc.is_in(c, value_set=repeated), len(c))
+
+
+def _repeated_together(*columns: pa.ChunkedArray) -> np.ndarray:
+    """Rows whose combination of values occurs more than once (a hash collision only adds
+    a row for GX to look at)."""
+    from data_platform.dedup import row_hashes
+
+    hashes = row_hashes(pa.table({f"c{i}": c for i, c in enumerate(columns)}))
+    values, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    return counts[inverse] > 1
+
+
+# Patterns RE2 reads as Python's `re` does, closely enough that an RE2 match implies a
+# Python match: no backslash (\d and \w are Unicode-aware in Python, ASCII in RE2), no
+# POSIX class, no brace quantifier with an empty bound. Others: GX looks at every row.
+_RE2_SAFE = re.compile(r"[^\\]*")
+
+
+def _regex_candidates(pattern: str):
+    if not _RE2_SAFE.fullmatch(pattern) or "[:" in pattern or "{," in pattern:
+        return None
+    try:
+        pc.match_substring_regex(pa.array(["probe"]), pattern)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # lookaround and the like: not RE2
+        return None
+
+    def not_matching(c: pa.ChunkedArray) -> np.ndarray:
+        return _mask(pc.and_(pc.is_valid(c), pc.invert(pc.match_substring_regex(c, pattern))), len(c))
+    return not_matching
 
 
 def _type_name(expectation) -> str:
@@ -605,17 +665,33 @@ class ContractValidator:
         evaluated = n if kept_rows is None else len(kept_rows)
         to_run = []
         skipped = set()
+        look_at = np.zeros(evaluated, dtype=bool)  # rows some check may fail
         for c in checks:
-            if evaluated == 0 or (self.skip_passing and c.can_fail is not None
-                                  and not c.can_fail(gx_columns[c.columns[0]])):
+            if evaluated == 0:
                 skipped.add(c.name)
-            else:
+                continue
+            if not self.skip_passing or c.candidates is None:
                 to_run.append(c)
+                look_at[:] = True
+                continue
+            candidates = c.candidates(*(gx_columns[col] for col in c.columns))
+            if candidates.any():
+                to_run.append(c)
+                look_at |= candidates
+            else:
+                skipped.add(c.name)
         results = {}
         if to_run:
             used = list(dict.fromkeys(col for c in to_run for col in c.columns))
-            frame = pa.table({col: gx_columns[col] for col in used}).to_pandas()
-            frame.index = _row_index(kept_rows, evaluated)
+            frame_columns = {col: gx_columns[col] for col in used}
+            rows = _row_index(kept_rows, evaluated).to_numpy()
+            if not look_at.all():  # GX costs per row too: it sees only rows a check may fail
+                positions = np.flatnonzero(look_at)
+                take = pa.array(positions, pa.int64())
+                frame_columns = {col: v.take(take) for col, v in frame_columns.items()}
+                rows = rows[positions]
+            frame = pa.table(frame_columns).to_pandas()
+            frame.index = pd.Index(rows, name=ROW_INDEX)
             suite = self._suite(tuple(c.name for c in to_run))
             results = {_meta_name(r): r for r in self._gx.run(frame, suite)}
             self.gx_runs += 1

@@ -2,6 +2,7 @@
 kind fails on purpose at known rows, nothing is capped, casts, missing columns, merge."""
 
 import json
+import re
 import random
 from datetime import UTC, date, datetime
 
@@ -292,12 +293,30 @@ def test_checks_that_cannot_fail_are_not_sent_to_gx():
     v = ContractValidator(tickets_contract())
     v.validate(tickets(20))
     v.validate(tickets(20, priority={3: 7}))
-    # clean: no null, min/max and distinct values within bounds; regex, uniqueness and
-    # the timestamp bound (no Arrow shortcut) still run in GX
-    assert list(v._suites) == [
-        ("regex:record_id", "unique:user_email", "between:created_at", "primary_key"),
-        ("regex:record_id", "unique:user_email", "between:priority", "between:created_at", "primary_key")]
+    # clean: no null, no value out of bounds or not allowed, every id matching the regex
+    # for RE2, no repeated key; only the timestamp bound (no Arrow pre-check) runs in GX
+    assert list(v._suites) == [("between:created_at",), ("between:priority", "between:created_at")]
     assert v.gx_runs == 3  # schema checks once, then one run per table
+    # A repeated key sends the uniqueness checks, with only the rows that repeat it.
+    dup = v.validate(tickets(20, record_id={5: "rec-000001"}, user_email={7: "user2@example.com"}))
+    assert list(v._suites)[-1] == ("unique:user_email", "between:created_at", "primary_key")
+    assert dup.failing_rows == {1: "primary_key", 5: "primary_key", 2: "unique:user_email", 7: "unique:user_email"}
+
+
+@pytest.mark.parametrize("pattern, pre_checked", [
+    ("^rec-[0-9a-f]+$", True), ("(ab|cd)+x?", True),
+    (r"^\d+$", False),  # \d is Unicode-aware in Python, ASCII in RE2
+    ("^(?=a)a", False),  # lookahead: not RE2
+    ("[[:alpha:]]", False), ("a{,3}", False)])
+def test_regex_pre_check_only_where_re2_agrees_with_python(pattern, pre_checked):
+    from data_platform.validation import _regex_candidates
+
+    check = _regex_candidates(pattern)
+    assert (check is not None) == pre_checked
+    if check is not None:
+        values = pa.chunked_array([["rec-1a", "rec-ZZ", None, "abx", "cdcd", "x", "rec-"]])
+        expected = [v is not None and re.search(pattern, v) is None for v in values.to_pylist()]
+        assert check(values).tolist() == expected
 
 
 def test_merge_sums_counts_and_keeps_twenty_samples(validator):
