@@ -657,11 +657,12 @@ class ContractValidator:
         # values, in GX
         checks = [c for c in self._checks if all(col in columns for col in c.columns)]
         kept_rows = None
-        gx_columns = columns
+        checked = {col for c in checks for col in c.columns}  # not the long texts, usually
+        gx_columns = {k: v for k, v in columns.items() if k in checked}
         if type_bad.any():
             kept_rows = np.flatnonzero(~type_bad)
             take = pa.array(kept_rows, pa.int64())
-            gx_columns = {k: v.take(take) for k, v in columns.items()}
+            gx_columns = {k: v.take(take) for k, v in gx_columns.items()}
         evaluated = n if kept_rows is None else len(kept_rows)
         to_run = []
         skipped = set()
