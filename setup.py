@@ -11,4 +11,8 @@ setup(ext_modules=[
     # CPU's SHA extensions where present.
     Extension("data_platform._native.hmac_kernel", ["data_platform/_native/hmac_kernel.c"],
               libraries=["crypto"], extra_compile_args=COMMON),
+    # MinHash LSH signatures for near-duplicate texts (data_platform/neardup.py); the
+    # inner min loop is compiled twice (AVX2 and baseline) and picked at load time.
+    Extension("data_platform._native.minhash_kernel", ["data_platform/_native/minhash_kernel.c"],
+              extra_compile_args=COMMON),
 ])

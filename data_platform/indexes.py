@@ -29,6 +29,7 @@ from data_platform.storage import ObjectStore
 
 _READERS = 8  # parallel GETs when loading many runs
 SUBJECTS = "subjects"  # the erasure index: subject keys (data_platform.privacy.subject_key)
+NEAR_DUP = "near_dup"  # LSH bands of kept texts (data_platform.neardup)
 
 
 class RunStore:
@@ -110,3 +111,36 @@ def uploads_holding_subject(store: ObjectStore, catalog: Catalog, tenant: str, p
         if at[0] < len(subjects) and subjects[at[0]] == key[0]:
             found.append(run.upload_id)
     return found
+
+
+class NearDupRuns:
+    """A dataset's near-duplicate index as one ingestion process sees it: the registered
+    runs loaded once, then kept up to date. Runs are not checked at commit: two runs
+    ingesting the dataset at once may each keep a text near the other's (flags are
+    advisory; exact duplicates are what the row index guarantees)."""
+
+    def __init__(self, runs: RunStore, index):
+        self.runs = runs
+        self.index = index  # data_platform.neardup.NearDupIndex
+        self.seen_run_id = 0
+        self._loaded_uploads: set[int] = set()
+
+    def begin(self, upload_id: int) -> None:
+        """Start (or restart) an upload: what an earlier attempt staged goes, newer runs come in."""
+        self.index.forget(upload_id)
+        newer = [r for r in self.runs.registered(after_id=self.seen_run_id) if r.upload_id not in self._loaded_uploads]
+        for run, table in zip(newer, self.runs.read(newer)):
+            self.index.load_run(run.upload_id, table)
+            self._loaded_uploads.add(run.upload_id)
+        if newer:
+            self.seen_run_id = max(self.seen_run_id, newer[-1].id)
+
+    def stage(self, upload_id: int) -> StagedRun | None:
+        table = self.index.run_for(upload_id)
+        return None if table is None else self.runs.write(upload_id, table)
+
+    def committed(self, upload_id: int) -> None:
+        self._loaded_uploads.add(upload_id)
+
+    def forget(self, upload_id: int) -> None:
+        self.index.forget(upload_id)

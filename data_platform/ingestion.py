@@ -32,7 +32,8 @@ from data_platform.catalog import (
 from data_platform.config import Settings
 from data_platform.contracts import Contract, ContractRegistry
 from data_platform.dedup import RowIndex
-from data_platform.indexes import SUBJECTS, RunStore
+from data_platform.indexes import NEAR_DUP, SUBJECTS, NearDupRuns, RunStore
+from data_platform.neardup import NearDupIndex
 from data_platform.privacy import Pseudonymizer, load_pseudonym_key
 from data_platform.refinement import UploadRefiner
 from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
@@ -41,6 +42,9 @@ from data_platform.storage import HashingReader, ObjectChanged, ObjectStore
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
+# Most recent indexed texts per dataset that a new upload is compared with (memory: about
+# 200 bytes each, see data_platform/neardup.py).
+NEAR_DUP_WINDOW = 1_000_000
 # Immediate re-ingestions when a concurrent run of the dataset kept some of the same rows.
 # Each conflict means another upload of the dataset committed, so with a few runs at once
 # this many always suffice; past it the upload is released and the next run retries.
@@ -107,11 +111,18 @@ class Ingestor:
         self.contract = contract
         self._row_indexes: dict[tuple[str, str], RowIndex] = {}  # loaded once per dataset, kept current
         self._run_stores: dict[tuple[str, str, str], RunStore] = {}
+        self._near_dups: dict[tuple[str, str], NearDupRuns] = {}
 
     def _runs(self, tenant: str, dataset: str, kind: str) -> RunStore:
         if (tenant, dataset, kind) not in self._run_stores:
             self._run_stores[tenant, dataset, kind] = RunStore(self.store, self.catalog, tenant, dataset, kind)
         return self._run_stores[tenant, dataset, kind]
+
+    def _near_dup_index(self, tenant: str, dataset: str) -> NearDupRuns:
+        if (tenant, dataset) not in self._near_dups:
+            self._near_dups[tenant, dataset] = NearDupRuns(self._runs(tenant, dataset, NEAR_DUP),
+                                                           NearDupIndex(max_rows=NEAR_DUP_WINDOW))
+        return self._near_dups[tenant, dataset]
 
     def _row_index(self, tenant: str, dataset: str) -> RowIndex:
         if (tenant, dataset) not in self._row_indexes:
@@ -123,12 +134,26 @@ class Ingestor:
         for attempt in range(1, CONCURRENT_RETRIES + 1):
             try:
                 with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
-                    return self._ingest(upload, Path(tmp))
+                    outcome = self._ingest(upload, Path(tmp))
             except ConcurrentIngestion:
+                self._forget(upload)
                 if attempt == CONCURRENT_RETRIES:
                     raise  # released with the error; the next run tries again
                 log.info("upload %s: a concurrent run kept some of its rows first; ingesting it again", upload.id)
+                continue
+            except BaseException:
+                self._forget(upload)
+                raise
+            if outcome.state != FRESH:
+                self._forget(upload)
+            return outcome
         raise AssertionError("unreachable")
+
+    def _forget(self, upload: Upload) -> None:
+        """The upload kept nothing: texts it staged must not match later uploads."""
+        near_dups = self._near_dups.get((upload.tenant, upload.dataset))
+        if near_dups is not None:
+            near_dups.forget(upload.id)
 
     def _ingest(self, upload: Upload, tmp: Path) -> Outcome:
         assert upload.tenant and upload.dataset, "uploads with invalid keys are quarantined by the sensor"
@@ -136,7 +161,10 @@ class Ingestor:
         rejects = _Rejects(tmp)
         row_index = self._row_index(upload.tenant, upload.dataset)
         row_index.begin(upload.id)
-        refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects, row_index)
+        near_dups = self._near_dup_index(upload.tenant, upload.dataset)
+        near_dups.begin(upload.id)
+        refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects, row_index,
+                                near_dups.index, upload.id)
         try:
             parsed = self._parse(upload, filename, tmp, rejects, refiner)
         except ObjectChanged:
@@ -179,7 +207,8 @@ class Ingestor:
         self.store.upload_file(tmp / "data.parquet", data_key)
         if rejects.count:
             self._write_rejects(upload, sha256, rejects, rows)
-        runs = [run for run in (row_index.stage(), self._stage_subjects(upload, refiner)) if run is not None]
+        runs = [run for run in (row_index.stage(), near_dups.stage(upload.id), self._stage_subjects(upload, refiner))
+                if run is not None]
         report.seconds["upload"] += time.perf_counter() - started
         started = time.perf_counter()
         detail = {"rejected_by_reason": dict(rejects.by_reason), "contract": report.contract,
@@ -208,6 +237,7 @@ class Ingestor:
                 self.store.delete_many(self._reject_keys(upload) + [run.object_key for run in runs])
                 return self._duplicate(upload, sha256, self.catalog.get(dup.first_upload_id))
         row_index.committed()
+        near_dups.committed(upload.id)
         report.seconds["commit"] += time.perf_counter() - started
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, FRESH, rows=rows, quarantined_rows=rejects.count,

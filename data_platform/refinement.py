@@ -26,10 +26,17 @@ import pyarrow as pa
 
 from data_platform.contracts import Contract
 from data_platform.dedup import RowIndex, first_occurrences, row_hashes
+from data_platform.neardup import NearDupIndex, detection_text, text_columns
 from data_platform.privacy import Pseudonymizer, sorted_distinct, apply_privacy, detect_pii_columns
 from data_platform.quality import QualityReport, UploadQuality
 from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow
 from data_platform.validation import ContractValidator, ExpectationOutcome, merge_outcomes
+
+
+# With `near_duplicates: flag` (the default), every table of the upload gains these two
+# columns: the upload and row (in its data object) that a row nearly repeats, else null.
+NEAR_DUP_UPLOAD = "_near_duplicate_of_upload"
+NEAR_DUP_ROW = "_near_duplicate_of_row"
 
 
 @dataclass
@@ -74,9 +81,16 @@ class RefinementReport:
 
 class UploadRefiner:
     def __init__(self, contract: Contract | None, pseudonymizer: Pseudonymizer, on_rejected: OnRejected,
-                 row_index: RowIndex | None = None):
+                 row_index: RowIndex | None = None, near_dups: NearDupIndex | None = None,
+                 upload_id: int | None = None):
         self.contract = contract
         self.row_index = row_index
+        self.near_dups = near_dups
+        self.upload_id = upload_id
+        self.near_dup_action = contract.near_duplicates if contract else "flag"
+        self._text_columns: list[str] | None = None
+        self._rows_out = 0
+        self._near_dup_matches: Counter = Counter()
         self.pseudonymizer = pseudonymizer
         self.on_rejected = on_rejected
         self.report = RefinementReport(contract={"version": contract.version, "source": contract.source}
@@ -112,10 +126,46 @@ class UploadRefiner:
                 continue
             with timed("privacy"):
                 table = self._protect(table)
+            if self.near_dups is not None:
+                with timed("near_duplicates"):
+                    table = self._near_duplicates(table)
+                if table.num_rows == 0:
+                    continue
+            self._rows_out += table.num_rows
             with timed("quality"):
-                self.quality.add(table)
+                self.quality.add(table.drop_columns([c for c in (NEAR_DUP_UPLOAD, NEAR_DUP_ROW)
+                                                     if c in table.column_names]))
             yield table
         self.report.outcomes = merge_outcomes(self._results)
+
+    def _near_duplicates(self, table: pa.Table) -> pa.Table:
+        """Flag (two columns saying which earlier row a row nearly repeats) or drop, as the
+        contract says, the rows whose text is a near-duplicate. Runs on the redacted text,
+        so the index never holds anything derived from raw personal data."""
+        if self._text_columns is None:  # decided once per upload, like personal data
+            declared = dict(self.report.pii_columns)
+            self._text_columns = text_columns(table, declared)
+            self.report.near_duplicates = {"action": self.near_dup_action, "text_columns": self._text_columns,
+                                           "flagged": 0, "dropped": 0, "of_earlier_uploads": 0,
+                                           "within_upload": 0}
+        if not self._text_columns or any(c not in table.column_names for c in self._text_columns):
+            return table
+        found = self.near_dups.detect(detection_text(table, self._text_columns), self.upload_id, self._rows_out)
+        near = found.is_near_dup
+        report = self.report.near_duplicates
+        if near.any():
+            matched = found.matched_upload[near]
+            report["within_upload"] += int((matched == self.upload_id).sum())
+            report["of_earlier_uploads"] += int((matched != self.upload_id).sum())
+            self._near_dup_matches.update(matched[matched != self.upload_id].tolist())
+            report["matched_uploads"] = {str(u): n for u, n in self._near_dup_matches.most_common(20)}
+        if self.near_dup_action == "drop":
+            report["dropped"] += int(near.sum())
+            return table.filter(pa.array(~near)) if near.any() else table
+        report["flagged"] += int(near.sum())
+        upload = pa.array(np.where(near, found.matched_upload, 0), pa.int64(), mask=~near)
+        row = pa.array(np.where(near, found.matched_row, 0), pa.int64(), mask=~near)
+        return table.append_column(NEAR_DUP_UPLOAD, upload).append_column(NEAR_DUP_ROW, row)
 
     @contextmanager
     def _stage(self, name: str):

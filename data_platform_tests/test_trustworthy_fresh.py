@@ -18,6 +18,7 @@ from data_platform.catalog import FRESH, QUARANTINED
 from data_platform.config import Settings
 from data_platform.indexes import uploads_holding_subject
 from data_platform.privacy import Pseudonymizer, load_pseudonym_key
+from data_platform.reporting import dataset_findings
 from data_platform.defs.ingestion.assets import CONTRACT_CHECK, fresh_data
 from data_platform.defs.ingestion.sensors import landing_sensor
 from data_platform.defs.resources import CatalogResource, ObjectStoreResource
@@ -259,3 +260,60 @@ validation: {max_failing_share: 0.6}
         ("primary_key", "a2"), ("primary_key", "a2"), ("unique:handle", "a1"), ("unique:handle", "a3")]
     (check,) = run.get_asset_check_evaluations()
     assert check.metadata["rows_failing_by_check"].value == {"unique:handle": 2, "primary_key": 2}
+
+
+def test_near_duplicates_are_flagged_across_uploads_and_dropped_when_the_contract_says(platform, tmp_path):
+    store, catalog, resources, instance = platform
+    path, truth = generate(tmp_path, 4000, seed=41, dup_rate=0, near_dup_rate=0.08, bad_rate=0)
+    lines = path.read_text().splitlines(keepends=True)
+    # tickets: flag (the example contract); tickets_strict: the same contract with drop.
+    contract = (ROOT / "examples/contracts/acme/tickets.yaml").read_text()
+    store.put_bytes("_platform/contracts/acme/tickets_strict.yaml",
+                    contract.replace("near_duplicates: flag", "near_duplicates: drop").encode())
+    # (other record ids in the second dataset: the same bytes twice would be one upload)
+    variants = {"tickets": lines, "tickets_strict": [line.replace('"rec-', '"rec-s-') for line in lines]}
+    for dataset, rows in variants.items():
+        store.put_bytes(f"landing/acme/{dataset}/a.jsonl", "".join(rows[:2000]).encode())
+    ingest(instance, resources)
+    for dataset, rows in variants.items():
+        store.put_bytes(f"landing/acme/{dataset}/b.jsonl", "".join(rows[2000:]).encode())
+    ingest(instance, resources)
+    uploads = {(u.dataset, u.landing_key.rsplit("/", 1)[1]): u for u in catalog.list_uploads()}
+    assert {k: (u.state, u.reason, u.detail if u.state != FRESH else None) for k, u in uploads.items()} == {
+        k: (FRESH, None, None) for k in uploads}
+
+    flagged = {}
+    for name in ("a.jsonl", "b.jsonl"):
+        upload = uploads["tickets", name]
+        report = json.loads(upload.detail)["near_duplicates"]
+        assert report["action"] == "flag" and report["text_columns"] == ["text"]
+        data = pq.read_table(store.fs_path(upload.object_key), filesystem=store.filesystem)
+        assert data.num_rows == upload.rows  # flagged rows are kept ...
+        of_upload = data.column("_near_duplicate_of_upload")
+        assert len(of_upload) - of_upload.null_count == report["flagged"]  # ... and say which row they repeat
+        assert set(of_upload.drop_null().to_pylist()) <= {uploads["tickets", "a.jsonl"].id, upload.id}
+        flagged[name] = report
+    # The generator planted truth["near_dup"]; the detector finds about as many (the exact
+    # per-row recall and precision are in test_neardup.py).
+    found = sum(r["flagged"] for r in flagged.values())
+    assert abs(found - truth["near_dup"]) <= 0.1 * truth["near_dup"], (found, truth)
+    # b's copies of rows that a holds point at a: the earlier upload is recorded.
+    assert flagged["b.jsonl"]["of_earlier_uploads"] > 0
+    assert flagged["b.jsonl"]["matched_uploads"] == {str(uploads["tickets", "a.jsonl"].id):
+                                                     flagged["b.jsonl"]["of_earlier_uploads"]}
+
+    # With drop, the same rows are gone and the data has no flag columns.
+    for name in ("a.jsonl", "b.jsonl"):
+        strict = uploads["tickets_strict", name]
+        report = json.loads(strict.detail)["near_duplicates"]
+        assert report["action"] == "drop" and report["dropped"] == flagged[name]["flagged"]
+        assert strict.rows == uploads["tickets", name].rows - report["dropped"]
+        data = pq.read_table(store.fs_path(strict.object_key), filesystem=store.filesystem)
+        assert "_near_duplicate_of_upload" not in data.column_names
+    findings = dataset_findings(catalog)
+    assert findings["acme/tickets"]["near_duplicates"] == {"flagged": found, "dropped": 0}
+    assert findings["acme/tickets_strict"]["near_duplicates"] == {"flagged": 0, "dropped": found}
+    # Each fresh upload registered its run of the near-duplicate index.
+    for dataset in ("tickets", "tickets_strict"):
+        runs = catalog.index_runs(catalog.dataset_id("acme", dataset), "near_dup")
+        assert [r.upload_id for r in runs] == [uploads[dataset, "a.jsonl"].id, uploads[dataset, "b.jsonl"].id]
