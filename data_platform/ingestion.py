@@ -38,6 +38,7 @@ from data_platform.privacy import Pseudonymizer, load_pseudonym_key
 from data_platform.refinement import UploadRefiner
 from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
 from data_platform.storage import HashingReader, ObjectChanged, ObjectStore
+from data_platform.validation import prepare_validation
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +492,8 @@ def ingest_pending(store: ObjectStore, catalog: Catalog, tenant: str, dataset: s
         pseudonym_key = load_pseudonym_key(Settings.from_env())
     contracts = contracts or ContractRegistry.from_env(store)
     result.contract = contracts.find(tenant, dataset)
+    if result.contract is not None:
+        prepare_validation()
     ingestor = Ingestor(store, catalog, claimer=claimer, pseudonym_key=pseudonym_key, contract=result.contract)
     while max_uploads is None or len(result.outcomes) + len(result.failures) < max_uploads:
         claimed = catalog.claim(tenant, dataset, claimer, lease=lease, limit=batch)

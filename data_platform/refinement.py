@@ -95,8 +95,9 @@ class UploadRefiner:
         self.on_rejected = on_rejected
         self.report = RefinementReport(contract={"version": contract.version, "source": contract.source}
                                        if contract else None)
-        with self._stage("validation_setup"):  # the first one in a process imports Great Expectations
-            self.validator = ContractValidator(contract) if contract else None
+        # Built at the first table: the first validator of a process imports Great
+        # Expectations (~3.5 s), which `prepare_validation` may have started meanwhile.
+        self.validator: ContractValidator | None = None
         self.quality = UploadQuality()
         self._results = []
         self._pii_decided = False
@@ -200,8 +201,11 @@ class UploadRefiner:
         first_record = self.report.rows_in + 1
         self.report.rows_in += table.num_rows
         all_rows = np.ones(table.num_rows, dtype=bool)
-        if self.validator is None:
+        if self.contract is None:
             return table, all_rows
+        if self.validator is None:
+            with self._stage("validation_setup"):
+                self.validator = ContractValidator(self.contract)
         result = self.validator.validate(table)
         self._results.append(result)
         typed = result.typed_table if result.typed_table is not None else table

@@ -62,8 +62,10 @@ Importing GX takes ~3.5 s and ~170 MB: it is imported when the first validator i
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
@@ -559,6 +561,15 @@ def _row_index(rows: np.ndarray | None, n: int) -> pd.Index:
 
 
 # -- validators ------------------------------------------------------------------------------
+
+
+def prepare_validation() -> threading.Thread:
+    """Start importing Great Expectations in the background, so that the import overlaps
+    the first download and parse; the first validator waits for it (the import lock)."""
+    thread = threading.Thread(target=importlib.import_module, args=("great_expectations",),
+                              name="import-great-expectations", daemon=True)
+    thread.start()
+    return thread
 
 
 class ContractValidator:
