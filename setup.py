@@ -15,4 +15,8 @@ setup(ext_modules=[
     # inner min loop is compiled twice (AVX2 and baseline) and picked at load time.
     Extension("data_platform._native.minhash_kernel", ["data_platform/_native/minhash_kernel.c"],
               extra_compile_args=COMMON),
+    # The near-duplicate index's lookup structures and per-row decisions
+    # (data_platform/neardup.py): bucketed hash tables per LSH band over a ring of rows.
+    Extension("data_platform._native.neardup_index", ["data_platform/_native/neardup_index.c"],
+              extra_compile_args=COMMON, libraries=["m"]),
 ])

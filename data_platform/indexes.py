@@ -16,8 +16,10 @@ it loaded; at commit the catalog refuses (IndexChanged) if newer runs were regis
 meanwhile, and the ingestion checks its rows against those before committing again.
 """
 
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -57,10 +59,12 @@ class RunStore:
     def write(self, upload_id: int, table: pa.Table) -> StagedRun:
         """Write this upload's run (replacing an earlier attempt's) for `mark_fresh` to register."""
         key = layout.index_run_key(self.kind, self.tenant, self.dataset, upload_id)
-        sink = pa.BufferOutputStream()
-        # Hashes do not compress; uncompressed pages also read fastest.
-        pq.write_table(table, sink, compression="none")
-        self.store.put_bytes(key, sink.getvalue().to_pybytes())
+        # Through a local file, not memory: a 2M-row near-duplicate run is ~200 MB. Hashes
+        # do not compress; uncompressed pages also read fastest.
+        with tempfile.TemporaryDirectory(prefix="index-run-") as tmp:
+            path = Path(tmp) / "run.parquet"
+            pq.write_table(table, path, compression="none")
+            self.store.upload_file(path, key)
         return StagedRun(self.kind, key, table.num_rows)
 
 
@@ -141,6 +145,7 @@ class NearDupRuns:
 
     def committed(self, upload_id: int) -> None:
         self._loaded_uploads.add(upload_id)
+        self.index.persisted(upload_id)  # its rows stay searchable; the local run file goes
 
     def forget(self, upload_id: int) -> None:
         self.index.forget(upload_id)

@@ -43,9 +43,9 @@ from data_platform.validation import prepare_validation
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
-# Most recent indexed texts per dataset that a new upload is compared with (memory: about
-# 200 bytes each, see data_platform/neardup.py).
-NEAR_DUP_WINDOW = 1_000_000
+# Most recent indexed texts per dataset that a new upload is compared with, the upload's
+# own included (memory: about 122 bytes each, ~100 MB; see data_platform/neardup.py).
+NEAR_DUP_WINDOW = 800_000
 # Immediate re-ingestions when a concurrent run of the dataset kept some of the same rows.
 # Each conflict means another upload of the dataset committed, so with a few runs at once
 # this many always suffice; past it the upload is released and the next run retries.

@@ -32,36 +32,48 @@ the same computation in plain Python, and the tests hold the two equal bit for b
   Result on the generator (tests): 94-95% of its near-duplicates found, 96% of flagged
   rows right on 56k rows (one upload or four); 93.5% and 94.7% on 2M rows.
 
-Index (`NearDupIndex`): per band, sorted uint64 arrays of key << 32 | row id in a few
-segments (merged in tiers as an upload adds tables), each with a bucket directory and a
-bitmap of its keys, and holding only the `probe` (4) newest rows per key: a lookup is
-a few vectorised numpy gathers per band and segment for the whole table, and a key that
-thousands of rows share (a common sentence) costs no more than a rare one. The rows of
-one table are matched against each other by sorting their keys per band.
+Index (`NearDupIndex`, compiled: data_platform/_native/neardup_index.c): a ring of the
+`max_rows` most recently indexed rows (sketch, token count, upload, row: 76 bytes) and
+per band a hash table of buckets of 16 uint32 entries (one cache line), sized for
+max_rows at 70% load: an entry is a fingerprint of the band key and the low bits of the
+row's index number (entries older than max_rows rows are stale: free, swept as the ring
+turns). A bucket keeps the `probe` (4) newest rows of a key; a full bucket drops its
+oldest entry. A lookup is one cache line per band, prefetched a few rows ahead; the
+candidates' rows are prefetched too. `max_rows` is a hard cap: rows of loaded runs and
+rows this process indexed share the window, and the oldest leave it first.
 
-Rows are decided in order: a row is a near-duplicate when it is near an earlier row
-that is not itself one (of an earlier upload, an earlier table, or earlier in its
-table). Near-duplicates are not indexed, so every match names a row that stays in the
-data under either contract action, and the result barely depends on how an upload is
-split into tables or uploads. Several text columns are compared on their concatenation
+Rows are decided in order, one at a time in the kernel: a row is a near-duplicate when
+it is near an earlier row that is not itself one (of an earlier upload, an earlier
+table, or earlier in its table); a kept row is indexed at once, so the rows of a table
+are matched against each other through the same tables. Near-duplicates are not
+indexed, so every match names a row that stays in the data under either contract
+action, and the result does not depend on how an upload is split into tables, and
+barely on how the data is split into uploads. Several text columns are compared on their concatenation
 (`detection_text`: table order, joined by a newline).
 
 Persistence: the rows an upload added form its run (`run_for`), a pyarrow Table the
-caller writes as Parquet and gives back with `load_run`, oldest first. Runs built with
-other signature parameters (`MinHashParams.version` in the schema metadata) are skipped
-with a reason (`skipped`), never mixed. Only the `max_rows` newest rows are searched
-(older runs are not loaded; rows beyond 1.25 x max_rows are dropped oldest first).
-Memory per indexed row: 157 bytes measured on a 1.7M-row index (8 bands x ~9.5: an
-8-byte entry, directory and bitmap; 64 sketch; 14 upload, row and tokens); rows this
-process added also keep their 32 bytes of band keys until `persisted`. A run is ~106
-bytes per row as uncompressed Parquet.
+caller writes as Parquet and gives back with `load_run`, oldest first. `detect` appends
+the kept rows' run columns to a local Arrow IPC file as it goes (never held in the
+heap), and `run_for` returns it memory-mapped: every row the upload indexed, also those
+that have left the window. Runs built with other signature parameters
+(`MinHashParams.version` in the schema metadata) are skipped with a reason (`skipped`),
+never mixed. Only the `max_rows` newest rows are searched (older runs are not loaded).
+`forget` makes an upload's rows unmatchable at once; they leave the ring as it turns.
+Memory: ~122 bytes per row of max_rows once that many rows were indexed (76 ring + 8
+bands x 4 bytes / 0.7 load), e.g. ~97 MB for max_rows = 800k and ~243 MB for 2M; an
+index that has not yet filled its window grows with its rows (tables at 18-70% load
+plus 32 bytes of band keys per row, kept only until the tables reach their final size).
+A run is ~102 bytes per row (uncompressed Parquet or the local Arrow file).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
+import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -70,7 +82,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_platform._native import minhash_kernel
+from data_platform._native import minhash_kernel, neardup_index
 
 ALGORITHM = "mh1"  # bump when the tokenizer, shingles or hashes change
 VERSION_KEY = b"neardup.version"
@@ -425,170 +437,88 @@ def _empty_result(n: int) -> NearDupResult:
 
 # -- the index ------------------------------------------------------------------------------------
 
-
-class _Grow:
-    """A growable array (first axis), amortised O(1) appends."""
-
-    def __init__(self, dtype, width: int | None = None):
-        self.dtype, self.width = dtype, width
-        self.n = 0
-        self.buf = np.zeros((0,) if width is None else (0, width), dtype=dtype)
-
-    def append(self, values: np.ndarray) -> None:
-        need = self.n + len(values)
-        if need > len(self.buf):
-            cap = max(need, int(len(self.buf) * 1.25), 1024)
-            new = np.zeros((cap,) if self.width is None else (cap, self.width), dtype=self.dtype)
-            new[:self.n] = self.buf[:self.n]
-            self.buf = new
-        self.buf[self.n:need] = values
-        self.n = need
-
-    @property
-    def view(self) -> np.ndarray:
-        return self.buf[:self.n]
-
-    def keep(self, mask: np.ndarray) -> None:
-        kept = self.view[mask]
-        self.buf = kept.copy()
-        self.n = len(kept)
+_LOAD = 0.7  # target share of the hash tables' slots in use (buckets of 16)
+_LOAD_ROWS = 1 << 16  # loaded runs go into the index this many rows at a time
 
 
-_LOW32 = np.uint64(0xFFFFFFFF)
-_SHIFT32 = np.uint64(32)
-_BASE_LEVEL = 1 << 20  # segments of loaded runs: never merged
+class _RunFile:
+    """The rows one upload indexed, appended to local Arrow IPC files as `detect` adds
+    them (a new file after each `run_for`), so that its run never sits in the heap."""
+
+    def __init__(self, directory: str, upload_id: int, schema: pa.Schema):
+        self.directory, self.upload_id, self.schema = directory, upload_id, schema
+        self.paths: list[str] = []
+        self._writer = None
+        self.rows = 0
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        if self._writer is None:
+            path = os.path.join(self.directory, f"upload-{self.upload_id}-{len(self.paths)}.arrow")
+            self.paths.append(path)
+            self._writer = pa.ipc.new_file(path, self.schema)
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def table(self) -> pa.Table | None:
+        self.close()
+        if not self.rows:
+            return None
+        tables = []
+        for path in self.paths:
+            with pa.memory_map(path) as source:
+                tables.append(pa.ipc.open_file(source).read_all())
+        table = pa.concat_tables(tables)
+        rows = table.column("row").to_numpy()
+        if len(rows) > 1 and (rows[1:] < rows[:-1]).any():  # tables detected out of order
+            table = table.take(pa.array(np.argsort(rows, kind="stable")))
+        return table
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def remove(self) -> None:
+        self.close()
+        for path in self.paths:  # tables mapped from them stay readable (POSIX)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.paths, self.rows = [], 0
 
 
-def _unique(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (np.unique hashes integers, which is slower here)."""
-    values = np.sort(values)
-    if len(values) > 1:
-        values = values[np.r_[True, values[1:] != values[:-1]]]
-    return values
-
-
-def _newest_per_key(entries: np.ndarray, probe: int) -> np.ndarray:
-    """Sorted entries key << 32 | gid restricted to the `probe` largest gids per key."""
-    if len(entries) <= probe:
-        return entries
-    keys = entries >> _SHIFT32
-    if not (keys[probe:] == keys[:-probe]).any():  # no key holds more than `probe` rows
-        return entries
-    return entries[np.r_[keys[:-probe] != keys[probe:], np.ones(probe, dtype=bool)]]
-
-
-class _Segment:
-    """A batch of indexed rows, per band: the entries key << 32 | gid, sorted, holding
-    only the `probe` newest rows of each key (lookups never return more: a key that
-    thousands of rows share, from a common sentence, costs no more than a rare one);
-    a directory of where each bucket of the top `bits` key bits starts (about four
-    entries per bucket); and a bitmap of the top `fbits` key bits (8 bits per entry),
-    which turns ~7/8 of the keys no row holds away after one lookup."""
-
-    PARALLEL_ROWS = 1 << 17  # segments at least this large index their bands on 2 threads
-
-    def __init__(self, entries: list[np.ndarray], rows: int, level: int, probe: int, *, sort: str | None = None):
-        """`entries`: per band, key << 32 | gid, sorted, or to sort with numpy's `sort`
-        kind ("quicksort" for random order, "stable" for concatenated sorted runs)."""
-        self.rows, self.level, self.probe = rows, level, probe
-
-        def band(e):
-            if sort:
-                e = np.sort(e, kind=sort)
-            e = _newest_per_key(e, probe)
-            n = len(e)
-            bits = max(1, min(30, n.bit_length() - 2))
-            starts = np.zeros((1 << bits) + 1, dtype=np.uint32)
-            np.cumsum(np.bincount((e >> np.uint64(64 - bits)).astype(np.intp), minlength=1 << bits),
-                      out=starts[1:])
-            fbits = max(6, min(27, n.bit_length() + 3))
-            marks = np.zeros(1 << fbits, dtype=bool)
-            marks[(e >> np.uint64(64 - fbits)).astype(np.intp)] = True
-            return e, bits, fbits, starts, np.packbits(marks, bitorder="little")
-
-        if rows >= self.PARALLEL_ROWS and len(entries) > 1:  # numpy releases the GIL in sorts and scans
-            done = list(_executor(2).map(band, entries))
-        else:
-            done = [band(e) for e in entries]
-        self.entries = [d[0] for d in done]  # per band, sorted
-        self.bits = [d[1] for d in done]
-        self.fbits = [d[2] for d in done]
-        self.starts = [d[3] for d in done]
-        self.bitmap = [d[4] for d in done]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(a.nbytes for a in (*self.entries, *self.starts, *self.bitmap))
-
-    @staticmethod
-    def merge(segments: list["_Segment"], level: int, probe: int) -> "_Segment":
-        bands = [np.concatenate([s.entries[j] for s in segments]) for j in range(len(segments[0].entries))]
-        # a few sorted runs: timsort merges them
-        return _Segment(bands, sum(s.rows for s in segments), level, probe, sort="stable")
-
-    def lookup(self, j: int, q: np.ndarray, limit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(needle index, gid) for needles q (uint32 keys of band j): the `limit[i]` most
-        recent gids holding each key (limit: int64 per needle, >= 1)."""
-        fbits, bits = self.fbits[j], self.bits[j]
-        top = (q >> np.uint32(32 - fbits)).astype(np.intp)
-        maybe = np.flatnonzero((self.bitmap[j][top >> 3] >> (top & 7).astype(np.uint8)) & 1)
-        if not len(maybe):
-            return maybe, np.zeros(0, dtype=np.uint64)
-        q = q[maybe]
-        st = self.starts[j]
-        bucket = (q >> np.uint32(32 - bits)).astype(np.intp)
-        lo = st[bucket].astype(np.intp)
-        cnt = st[bucket + 1].astype(np.intp) - lo
-        # every entry of each needle's bucket (a handful: keys hold at most `probe` rows)
-        needle = np.repeat(np.arange(len(q)), cnt)
-        pos = lo[needle] + (np.arange(len(needle)) - (np.cumsum(cnt) - cnt)[needle])
-        v = self.entries[j][pos]
-        ok = (v >> _SHIFT32) == q[needle]
-        needle, v = needle[ok], v[ok]
-        if len(needle) and (limit[0] < self.probe or not (limit == limit[0]).all()):
-            # entries of a key are ascending by gid: keep the last `limit`
-            last = np.flatnonzero(np.r_[needle[1:] != needle[:-1], True])
-            size = np.diff(np.r_[-1, last])
-            keep = np.repeat(last, size) - np.arange(len(needle)) < limit[maybe][needle]
-            needle, v = needle[keep], v[keep]
-        return maybe[needle], v & _LOW32
-
-
-class _Clock:
-    def __init__(self, into: Counter):
-        self.into, self.last = into, time.perf_counter()
-
-    def __call__(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.into[stage] += now - self.last
-        self.last = now
+def _remove_directory(path: str, files: dict) -> None:
+    for run in files.values():
+        run.remove()
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class NearDupIndex:
     """Near-duplicate texts of one dataset (tenant/dataset): earlier uploads' runs plus
-    what the uploads ingested in this process added. Not thread-safe."""
-
-    FAN_IN = 2  # segments of one level merged at once
+    what the uploads ingested in this process added, the `max_rows` most recent rows of
+    all of them. Not thread-safe."""
 
     def __init__(self, *, max_rows: int = 2_000_000, params: MinHashParams | None = None):
         self.params = params or MinHashParams()
         self.max_rows = max_rows
+        p = self.params
+        self._table = neardup_index.Index(max_rows, p.bands, p.sketch_bytes, p.probe, p.max_token_diff,
+                                          p.threshold, p.max_token_diff_ratio, _LOAD)
         self.skipped: list[str] = []  # runs not loaded, with the reason (for the logs)
         self.seconds: Counter = Counter()  # per stage of `detect`, for reports and benchmarks
         self._scratch: dict = {}  # signature buffers reused by `detect`
-        self._runs: list[tuple[int, pa.Table]] = []  # loaded, not yet in the arrays
-        # per row id (gid, in the order rows were indexed): upload, row within it,
-        # token count, sketch
-        self._upload = _Grow(np.int64)
-        self._row = _Grow(np.uint32)
-        self._tokens = _Grow(np.uint16)
-        self._sketch = _Grow(np.uint8, self.params.sketch_bytes)
-        self._segments: list[_Segment] = []  # in gid order: oldest first
-        # band keys of the rows `detect` added (loaded runs are persisted already), for run_for
-        self._staged_gid = _Grow(np.int64)
-        self._staged_keys = _Grow(np.uint32, self.params.bands)
-        # staged rows pushed out of the max_rows window before their run was taken
-        self._spilled: list[dict[str, np.ndarray]] = []
+        self._runs: list[tuple[int, pa.Table]] = []  # loaded, not yet in the index
+        self._upload_ids: list[int] = []  # per upload number of the native index: the upload id
+        self._number: dict[int, int] = {}  # upload id -> its current number
+        self._files: dict[int, _RunFile] = {}  # staged rows per upload (run_for)
+        self._taken: set[int] = set()  # uploads whose run was taken by run_for
+        self._last_upload: int | None = None
+        self._dir = tempfile.mkdtemp(prefix="neardup-")
+        self._cleanup = weakref.finalize(self, _remove_directory, self._dir, self._files)
+        schema = pa.schema([("row", pa.uint32()), ("tokens", pa.uint16()), ("sketch", pa.binary(p.sketch_bytes))]
+                           + [(name, pa.uint32()) for name in self._band_names()])
+        self._schema = schema.with_metadata({VERSION_KEY: p.version.encode()})
 
     # -- loading and persisting
 
@@ -617,57 +547,42 @@ class NearDupIndex:
         """The rows `upload_id` added (staged by `detect`) as a run table, or None. Rows
         in upload order; columns row (uint32), tokens (uint16), sketch
         (fixed_size_binary), band_00.. (uint32); the parameters' version in the schema
-        metadata."""
-        self._build()
-        staged = self._staged_gid.view
-        at = np.flatnonzero(self._upload.view[staged] == upload_id)
-        gids = staged[at]
-        parts = [part for part in self._spilled if part["upload"] == upload_id]
-        parts.append({"row": self._row.view[gids], "tokens": self._tokens.view[gids],
-                      "sketch": self._sketch.view[gids], "keys": self._staged_keys.view[at]})
-        rows = np.concatenate([part["row"] for part in parts])
-        if len(rows) == 0:
+        metadata. Memory-mapped from a local file: every row the upload indexed, also
+        those that have left the `max_rows` window."""
+        run = self._files.get(upload_id)
+        table = run.table() if run is not None else None
+        if table is None:
             return None
-        order = np.argsort(rows, kind="stable")
-        sketch = np.concatenate([part["sketch"] for part in parts])[order]
-        keys = np.concatenate([part["keys"] for part in parts])[order]
-        p = self.params
-        columns = {
-            "row": pa.array(rows[order]),
-            "tokens": pa.array(np.concatenate([part["tokens"] for part in parts])[order]),
-            "sketch": pa.FixedSizeBinaryArray.from_buffers(
-                pa.binary(p.sketch_bytes), len(rows), [None, pa.py_buffer(np.ascontiguousarray(sketch).tobytes())]),
-        }
-        for j, name in enumerate(self._band_names()):
-            columns[name] = pa.array(np.ascontiguousarray(keys[:, j]))
-        meta = {VERSION_KEY: p.version.encode(), UPLOAD_KEY: str(upload_id).encode()}
-        return pa.table(columns).replace_schema_metadata(meta)
+        self._taken.add(upload_id)
+        meta = {VERSION_KEY: self.params.version.encode(), UPLOAD_KEY: str(upload_id).encode()}
+        return table.replace_schema_metadata(meta)
 
     def persisted(self, upload_id: int) -> None:
-        """The run of `upload_id` is stored: its rows stay searchable, but what only
-        `run_for` needed (their band keys, 4 bytes per band and row) is released."""
-        keep = self._upload.view[self._staged_gid.view] != upload_id
-        self._staged_keys.keep(keep)
-        self._staged_gid.keep(keep)
-        self._spilled = [part for part in self._spilled if part["upload"] != upload_id]
+        """The run of `upload_id` is stored: its rows stay searchable, its local run
+        file goes."""
+        run = self._files.pop(upload_id, None)
+        if run is not None:
+            run.remove()
+        self._taken.discard(upload_id)
 
     def forget(self, upload_id: int) -> None:
-        """Drop what `upload_id` added (it was not kept after all)."""
+        """Drop what `upload_id` added (it was not kept after all): its rows no longer
+        match (they leave the window as it moves on) and its run goes."""
         self._runs = [(u, r) for u, r in self._runs if u != upload_id]
-        self._spilled = [part for part in self._spilled if part["upload"] != upload_id]
-        if self._upload.n:
-            self._compact(self._upload.view != upload_id)
+        self.persisted(upload_id)
+        number = self._number.pop(upload_id, None)
+        if number is not None:
+            self._table.kill(number)
+        if self._last_upload == upload_id:
+            self._last_upload = None
 
     def __len__(self) -> int:
-        return self._upload.n + sum(r.num_rows for _, r in self._runs)
+        return self._table.live + sum(r.num_rows for _, r in self._runs)
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the index arrays (excluding loaded runs not yet merged)."""
-        return (sum(seg.nbytes for seg in self._segments)
-                + sum(g.buf.nbytes for g in (self._upload, self._row, self._tokens, self._sketch,
-                                             self._staged_gid, self._staged_keys))
-                + sum(a.nbytes for part in self._spilled for k, a in part.items() if k != "upload"))
+        """Memory held by the index (excluding loaded runs not yet added)."""
+        return self._table.nbytes
 
     # -- detection
 
@@ -679,6 +594,8 @@ class NearDupIndex:
         added to the index under `upload_id`. Null, empty and punctuation-only texts are
         neither flagged nor indexed."""
         clock = _Clock(self.seconds)
+        if upload_id != self._last_upload:
+            self._new_upload_started(upload_id)
         self._build()
         clock("load")
         p = self.params
@@ -694,55 +611,25 @@ class NearDupIndex:
         else:
             keys, sketch, tokens = sig.keys[rows], sig.sketch[rows], sig.tokens[rows]
         m = len(rows)
-        # per band: key << 32 | row, sorted; for the pairs within the table and, filtered
-        # to the kept rows, for their segment
-        local = np.arange(m, dtype=np.uint64)
-        sorted_keys = [np.sort((keys[:, b].astype(np.uint64) << _SHIFT32) | local) for b in range(p.bands)]
-        clock("sort")
+        number = self._upload_number(upload_id)
+        row_numbers = (first_row + rows).astype(np.uint32)
+        kept = np.empty(m, dtype=np.uint8)
+        match_upload = np.empty(m, dtype=np.int64)
+        match_row = np.empty(m, dtype=np.int64)
+        sim = np.empty(m, dtype=np.float32)
+        self._table.detect(keys, sketch, tokens, row_numbers, m, number, kept, match_upload, match_row, sim)
+        clock("match")
 
-        # 1. earlier tables and uploads
-        qi, gid = self._candidates(keys)
-        clock("lookup")
-        best_sim = np.zeros(m, dtype=np.float32)
-        best_gid = np.full(m, -1, dtype=np.int64)
-        if len(qi):
-            ok = _tokens_close(tokens[qi], self._tokens.view[gid], p)
-            qi, gid = qi[ok], gid[ok]
-            sim = estimated_jaccard(sketch[qi], self._sketch.view[gid])
-            ok = sim >= p.threshold
-            qi, gid, sim = qi[ok], gid[ok], sim[ok]
-            if len(qi):
-                # best per query: highest similarity, then the most recent row
-                order = np.lexsort((gid, sim, qi))
-                last = np.r_[qi[order][1:] != qi[order][:-1], True]
-                sel = order[last]
-                best_sim[qi[sel]], best_gid[qi[sel]] = sim[sel], gid[sel]
-        flagged = best_gid >= 0
-        clock("verify")
-
-        # 2. earlier rows of this table, decided in order
-        i, j, sim_in = self._pairs_within(sorted_keys, sketch, tokens)
-        kept, match_in, sim_match_in = self._resolve(m, flagged, i, j, sim_in)
-        clock("within_table")
-
-        # results
-        res_rows = rows[flagged]
-        result.is_near_dup[res_rows] = True
-        result.matched_upload[res_rows] = self._upload.view[best_gid[flagged]]
-        result.matched_row[res_rows] = self._row.view[best_gid[flagged]]
-        result.similarity[res_rows] = best_sim[flagged]
-        inner = match_in >= 0
-        res_rows = rows[inner]
-        result.is_near_dup[res_rows] = True
-        result.matched_upload[res_rows] = upload_id
-        result.matched_row[res_rows] = first_row + rows[match_in[inner]]
-        result.similarity[res_rows] = sim_match_in[inner]
-
-        # 3. index the kept rows
+        near = kept == 0
+        at = rows[near]
+        result.is_near_dup[at] = True
+        result.matched_upload[at] = np.asarray(self._upload_ids, dtype=np.int64)[match_upload[near]]
+        result.matched_row[at] = match_row[near]
+        result.similarity[at] = sim[near]
         k = np.flatnonzero(kept)
         if len(k):
-            self._add(upload_id, first_row + rows[k], tokens[k], sketch[k], keys[k], sorted_keys, kept)
-        clock("index")
+            self._stage(upload_id, row_numbers[k], tokens[k], sketch[k], keys[k])
+        clock("run")
         return result
 
     # -- internals
@@ -750,212 +637,67 @@ class NearDupIndex:
     def _band_names(self) -> list[str]:
         return [f"band_{j:02d}" for j in range(self.params.bands)]
 
+    def _upload_number(self, upload_id: int) -> int:
+        number = self._number.get(upload_id)
+        if number is None:
+            number = self._number[upload_id] = self._table.new_upload()
+            self._upload_ids.append(upload_id)
+        return number
+
+    def _new_upload_started(self, upload_id: int) -> None:
+        """Runs taken by `run_for` before another upload started are stored (or the
+        upload was given up): their local files go."""
+        for taken in list(self._taken):
+            if taken != upload_id:
+                self.persisted(taken)
+        self._last_upload = upload_id
+
+    def _stage(self, upload_id: int, rows: np.ndarray, tokens: np.ndarray, sketch: np.ndarray,
+               keys: np.ndarray) -> None:
+        run = self._files.get(upload_id)
+        if run is None:
+            run = self._files[upload_id] = _RunFile(self._dir, upload_id, self._schema)
+        n = len(rows)
+        columns = [pa.array(rows), pa.array(tokens),
+                   pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.params.sketch_bytes), n,
+                                                        [None, pa.py_buffer(np.ascontiguousarray(sketch))])]
+        columns += [pa.array(np.ascontiguousarray(keys[:, j])) for j in range(keys.shape[1])]
+        run.append(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+
     def _build(self) -> None:
-        """Move loaded runs into the arrays (once, so that many runs cost one sort)."""
+        """Add loaded runs to the index, oldest first (only the rows the window keeps)."""
         if not self._runs:
             return
         runs, self._runs = self._runs, []
+        skip = max(0, sum(r.num_rows for _, r in runs) - self.max_rows)
         names = self._band_names()
-        base = self._upload.n
-        gids, keys = [], []
+        width = self.params.sketch_bytes
         for upload_id, run in runs:
             n = run.num_rows
-            if n == 0:
+            if skip >= n:
+                skip -= n
                 continue
-            gids.append(np.arange(self._upload.n, self._upload.n + n, dtype=np.uint64))
-            self._upload.append(np.full(n, upload_id, dtype=np.int64))
-            self._row.append(run.column("row").to_numpy().astype(np.uint32))
-            self._tokens.append(run.column("tokens").to_numpy().astype(np.uint16))
-            sk = run.column("sketch").combine_chunks()
-            width = self.params.sketch_bytes
-            self._sketch.append(np.frombuffer(sk.buffers()[1], dtype=np.uint8, count=(sk.offset + n) * width)
-                                [sk.offset * width:].reshape(n, width))
-            keys.append([run.column(c).to_numpy().astype(np.uint64) for c in names])
-        if gids:
-            g = np.concatenate(gids)
-            bands = [(np.concatenate([k[j] for k in keys]) << _SHIFT32) | g for j in range(len(names))]
-            self._segments.append(_Segment(bands, self._upload.n - base, _BASE_LEVEL, self.params.probe,
-                                           sort="quicksort"))
-        self._evict()
+            run = run.slice(skip)
+            skip = 0
+            number = self._upload_number(upload_id)
+            for s in range(0, run.num_rows, _LOAD_ROWS):
+                part = run.slice(s, _LOAD_ROWS)
+                m = part.num_rows
+                rows = np.ascontiguousarray(part.column("row").to_numpy(), dtype=np.uint32)
+                tokens = np.ascontiguousarray(part.column("tokens").to_numpy(), dtype=np.uint16)
+                sk = part.column("sketch").combine_chunks()
+                sketch = np.frombuffer(sk.buffers()[1], dtype=np.uint8, count=(sk.offset + m) * width)[sk.offset * width:]
+                keys = np.empty((m, len(names)), dtype=np.uint32)
+                for j, name in enumerate(names):
+                    keys[:, j] = part.column(name).to_numpy()
+                self._table.add(keys, np.ascontiguousarray(sketch), tokens, rows, m, number)
 
-    def _add(self, upload_id: int, rows: np.ndarray, tokens: np.ndarray, sketch: np.ndarray, keys: np.ndarray,
-             sorted_keys: list[np.ndarray], kept: np.ndarray) -> None:
-        """Index the kept rows of a table: their metadata, and a segment made of the
-        table's sorted band entries restricted to them (gids rise with the rows, so the
-        entries stay sorted)."""
-        n = len(rows)
-        base = self._upload.n
-        self._upload.append(np.full(n, upload_id, dtype=np.int64))
-        self._row.append(rows.astype(np.uint32))
-        self._tokens.append(tokens)
-        self._sketch.append(sketch)
-        self._staged_gid.append(np.arange(base, base + n, dtype=np.int64))
-        self._staged_keys.append(keys)
-        gid = (np.cumsum(kept) - 1 + base).astype(np.uint64)  # of each local row, if kept
-        bands = []
-        for e in sorted_keys:
-            e = e[kept[(e & _LOW32).astype(np.intp)]]
-            bands.append(((e >> _SHIFT32) << _SHIFT32) | gid[(e & _LOW32).astype(np.intp)])
-        self._segments.append(_Segment(bands, n, 0, self.params.probe))
-        self._merge_segments()
-        self._evict()
 
-    def _merge_segments(self) -> None:
-        """Tiered merging: FAN_IN segments of one level become one of the next level, so
-        each row is merged log_FAN_IN(tables) times and at most FAN_IN - 1 segments per
-        level are searched. Segments built from loaded runs never merge."""
-        segs = self._segments
-        while len(segs) >= self.FAN_IN and len({s.level for s in segs[-self.FAN_IN:]}) == 1 \
-                and segs[-1].level < _BASE_LEVEL:
-            merged = _Segment.merge(segs[-self.FAN_IN:], segs[-1].level + 1, self.params.probe)
-            del segs[-self.FAN_IN:]
-            segs.append(merged)
+class _Clock:
+    def __init__(self, into: Counter):
+        self.into, self.last = into, time.perf_counter()
 
-    def _evict(self) -> None:
-        """Keep at most max_rows rows (plus a quarter of slack, so compaction is rare)."""
-        n = self._upload.n
-        if n <= self.max_rows + self.max_rows // 4:
-            return
-        alive = np.ones(n, dtype=bool)
-        alive[:n - self.max_rows] = False
-        self._compact(alive, spill=True)
-
-    def _compact(self, alive: np.ndarray, spill: bool = False) -> None:
-        """Keep the rows (gids) where `alive`, renumbered in order; with `spill`, keep
-        what the runs of dropped staged rows need."""
-        if alive.all():
-            return
-        remap = (np.cumsum(alive) - 1).astype(np.uint64)
-        segs = []
-        for seg in self._segments:
-            bands = []
-            for e in seg.entries:
-                g = (e & _LOW32).astype(np.intp)
-                keep = alive[g]
-                bands.append(((e[keep] >> _SHIFT32) << _SHIFT32) | remap[g[keep]])  # remap is monotone
-            rows = int(alive[self._segment_gids(seg)].sum()) if seg.rows else 0
-            if rows:
-                segs.append(_Segment(bands, rows, seg.level, self.params.probe))
-        self._segments = segs
-        staged_alive = alive[self._staged_gid.view]
-        if spill and not staged_alive.all():
-            # rows `detect` added that leave the window still belong in their upload's run
-            at = np.flatnonzero(~staged_alive)
-            gids = self._staged_gid.view[at]
-            uploads = self._upload.view[gids]
-            for upload_id in np.unique(uploads):
-                sel = uploads == upload_id
-                g = gids[sel]
-                self._spilled.append({"upload": int(upload_id), "row": self._row.view[g].copy(),
-                                      "tokens": self._tokens.view[g].copy(), "sketch": self._sketch.view[g].copy(),
-                                      "keys": self._staged_keys.view[at[sel]].copy()})
-        self._staged_keys.keep(staged_alive)
-        self._staged_gid.keep(staged_alive)
-        self._staged_gid.buf[:] = remap[self._staged_gid.buf].astype(np.int64)
-        for arr in (self._upload, self._row, self._tokens, self._sketch):
-            arr.keep(alive)
-
-    def _segment_gids(self, seg: _Segment) -> np.ndarray:
-        """The gids a segment covers: segments hold consecutive gid ranges, in order."""
-        start = 0
-        for s in self._segments:
-            if s is seg:
-                return np.arange(start, start + s.rows)
-            start += s.rows
-        raise KeyError("segment not in the index")
-
-    def _candidates(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(query row, gid) pairs sharing a band key: per key, the `probe` most recent
-        rows holding it (newest segments first, whatever the segmentation). Deduplicated."""
-        probe = self.params.probe
-        m = len(keys)
-        found = []
-        for j in range(keys.shape[1]):
-            q = np.ascontiguousarray(keys[:, j])
-            remaining = np.full(m, probe, dtype=np.int64)
-            active = None  # all needles
-            segments = self._segments[::-1]
-            for s, seg in enumerate(segments):
-                if active is None:
-                    needle, gid = seg.lookup(j, q, remaining)
-                else:
-                    needle, gid = seg.lookup(j, q[active], remaining[active])
-                    needle = active[needle]
-                if len(needle):
-                    found.append((needle.astype(np.uint64) << _SHIFT32) | gid)
-                    if s + 1 < len(segments):  # older segments only fill what is left
-                        remaining -= np.bincount(needle, minlength=m)
-                        active = np.flatnonzero(remaining > 0)
-        if not found:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        pair = _unique(np.concatenate(found))
-        return (pair >> _SHIFT32).astype(np.int64), (pair & _LOW32).astype(np.int64)
-
-    def _pairs_within(self, sorted_keys: list[np.ndarray], sketch: np.ndarray,
-                      tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Verified pairs (i, j), j < i, of rows of one table sharing a band key: per key,
-        the `probe` previous rows and the `probe_first` first rows holding it."""
-        p = self.params
-        found = []
-        for entries in sorted_keys:  # key << 32 | row, sorted: equal keys by ascending row
-            ks = entries >> _SHIFT32
-            same = ks[1:] == ks[:-1]
-            if not same.any():
-                continue
-            m = len(entries)
-            idx = np.arange(m)
-            order = (entries & _LOW32).astype(np.int64)
-            start = np.maximum.accumulate(np.where(np.r_[True, ~same], idx, 0))  # group start per position
-            rank = idx - start
-            for d in range(1, p.probe + 1):
-                ok = np.flatnonzero(rank >= d)
-                if not len(ok):
-                    break
-                found.append((order[ok] << 32) | order[ok - d])
-            for f in range(p.probe_first):
-                ok = np.flatnonzero(rank > p.probe + f)
-                if not len(ok):
-                    break
-                found.append((order[ok] << 32) | order[start[ok] + f])
-        if not found:
-            e = np.zeros(0, dtype=np.int64)
-            return e, e, np.zeros(0, dtype=np.float32)
-        pair = _unique(np.concatenate(found))
-        i, j = pair >> 32, pair & 0xFFFFFFFF
-        ok = _tokens_close(tokens[i], tokens[j], p)
-        i, j = i[ok], j[ok]
-        sim = estimated_jaccard(sketch[i], sketch[j])
-        ok = sim >= p.threshold
-        return i[ok], j[ok], sim[ok]
-
-    @staticmethod
-    def _resolve(m: int, flagged: np.ndarray, i: np.ndarray, j: np.ndarray,
-                 sim: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Decide the rows of a table in order: a row is kept unless it is flagged
-        already or near an earlier kept row. Vectorised rounds: each settles every row
-        whose earlier neighbours are all settled (chains of near rows are short)."""
-        state = np.where(flagged, 2, 0).astype(np.int8)  # 0 open, 1 kept, 2 near-dup
-        match = np.full(m, -1, dtype=np.int64)
-        match_sim = np.zeros(m, dtype=np.float32)
-        live = state[i] == 0
-        i, j, sim = i[live], j[live], sim[live]
-        while True:
-            has_edge = np.zeros(m, dtype=bool)
-            has_edge[i] = True
-            state[(state == 0) & ~has_edge] = 1
-            if len(i) == 0:
-                break
-            # a kept earlier neighbour makes a row a near-duplicate (best similarity wins)
-            hit = state[j] == 1
-            if hit.any():
-                hi_, hj, hs = i[hit], j[hit], sim[hit]
-                order = np.lexsort((hs, hi_))
-                last = np.r_[hi_[order][1:] != hi_[order][:-1], True]
-                sel = order[last]
-                state[hi_[sel]] = 2
-                match[hi_[sel]] = hj[sel]
-                match_sim[hi_[sel]] = hs[sel]
-            # edges to near-duplicates never decide anything: drop them, and the settled rows'
-            live = (state[i] == 0) & (state[j] != 2)
-            i, j, sim = i[live], j[live], sim[live]
-        return state == 1, match, match_sim
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.into[stage] += now - self.last
+        self.last = now

@@ -496,3 +496,28 @@ def test_table_split_barely_matters():
         results.append(np.concatenate(flags))
     assert results[0].sum() > 900
     assert (results[0] != results[1]).sum() <= 0.002 * len(texts)
+
+
+def test_the_window_is_a_hard_cap_and_runs_stay_complete():
+    """Loaded rows and rows this process indexed share the window (the oldest leave
+    first); memory follows max_rows, not the upload; the run holds every indexed row."""
+    texts = [f"ticket number {i} about vm-{i * 7919 % 100003} failed with code E{i % 997} in zone {i % 7}"
+             for i in range(6000)]
+    writer = NearDupIndex()
+    writer.detect(pa.array(texts[:2000]), 1, 0)
+    index = NearDupIndex(max_rows=1500)
+    index.load_run(1, _roundtrip(writer.run_for(1)))
+    for s in range(2000, 6000, 700):
+        index.detect(pa.array(texts[s:s + 700]), 2, s - 2000)
+        assert len(index) <= 1500
+    assert len(index) == 1500
+    run = index.run_for(2)
+    assert run.num_rows == 4000 and run.column("row").to_pylist() == list(range(4000))
+    assert index.nbytes < 1500 * 200
+    r = index.detect(pa.array([texts[100], texts[5999], texts[4600]]), 3, 0)
+    assert r.is_near_dup.tolist() == [False, True, True]  # upload 1's rows have left the window
+    assert r.matched_upload.tolist()[1:] == [2, 2] and r.matched_row.tolist()[1:] == [3999, 2600]
+    # a forgotten upload no longer matches
+    index.forget(2)
+    assert not index.detect(pa.array([texts[5999]]), 4, 0).is_near_dup.any()
+    assert index.run_for(2) is None
