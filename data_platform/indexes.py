@@ -69,10 +69,10 @@ class RunStore:
 
 
 class SortedKeys:
-    """A growing set of int64 keys: sorted arrays merged as they accumulate, so a
-    membership test is a few binary searches however many batches were added."""
-
-    MAX_PARTS = 4
+    """A growing set of int64 keys: sorted arrays merged as they accumulate (an LSM: a
+    part is merged into the one before it while that one is at most twice its size), so
+    a membership test is a few binary searches however many batches were added, and
+    each key is merged O(log n) times."""
 
     def __init__(self):
         self._parts: list[np.ndarray] = []
@@ -81,10 +81,13 @@ class SortedKeys:
         return sum(len(p) for p in self._parts)
 
     def add(self, keys: np.ndarray) -> None:
-        if len(keys):
-            self._parts.append(np.sort(keys.astype(np.int64, copy=False)))
-        if len(self._parts) > self.MAX_PARTS:
-            self._parts = [np.sort(np.concatenate(self._parts))]
+        if len(keys) == 0:
+            return
+        self._parts.append(np.sort(keys.astype(np.int64, copy=False)))
+        while len(self._parts) > 1 and len(self._parts[-2]) <= 2 * len(self._parts[-1]):
+            newer = self._parts.pop()
+            # Two sorted runs: the stable sort (timsort) merges them in linear time.
+            self._parts[-1] = np.sort(np.concatenate([self._parts[-1], newer]), kind="stable")
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         found = np.zeros(len(keys), dtype=bool)
