@@ -99,7 +99,7 @@ class UploadRefiner:
         # Expectations (~3.5 s), which `prepare_validation` may have started meanwhile.
         self.validator: ContractValidator | None = None
         self.quality = UploadQuality()
-        self._results = []
+        self._results: list[list[ExpectationOutcome]] = []
         self._pii_decided = False
         self._subject_keys: list[np.ndarray] = []
 
@@ -207,7 +207,9 @@ class UploadRefiner:
             with self._stage("validation_setup"):
                 self.validator = ContractValidator(self.contract)
         result = self.validator.validate(table)
-        self._results.append(result)
+        # Only the outcomes: the result also holds the typed table, which must not live
+        # until the end of the upload (it did: RSS grew with the upload's size).
+        self._results.append(result.outcomes)
         typed = result.typed_table if result.typed_table is not None else table
         if not result.failing_rows:
             return typed, all_rows
