@@ -238,6 +238,8 @@ class UploadRefiner:
         table, privacy = apply_privacy(table, self.pseudonymizer, self.report.pii_columns)
         if len(privacy["subjects"]):
             self._subject_keys.append(privacy["subjects"])
+            if len(self._subject_keys) >= 8:  # people recur across tables: keep each key once
+                self._subject_keys = [sorted_distinct(np.concatenate(self._subject_keys))]
         self.report.pseudonymised.update(privacy["pseudonymised"])
         self.report.redacted.update(privacy["redacted"])
         return table
