@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from data_platform import layout
 from data_platform.catalog import Catalog, IndexRun, StagedRun
+from data_platform.privacy import subject_key
 from data_platform.storage import ObjectStore
 
 _READERS = 8  # parallel GETs when loading many runs
@@ -107,8 +108,6 @@ def uploads_holding_subject(store: ObjectStore, catalog: Catalog, tenant: str, p
     """The uploads of a tenant whose data holds this pseudonym, from the erasure index
     (no data file is read). Computing the pseudonym of a raw value is the caller's:
     `Pseudonymizer(key, tenant).pseudonym(value, kind)`."""
-    from data_platform.privacy import subject_key  # privacy imports nothing from here
-
     key = np.array([subject_key(pseudonym)], dtype=np.int64)
     runs = catalog.tenant_index_runs(tenant, SUBJECTS)
     found = []

@@ -2,15 +2,20 @@
 the uploads the catalog holds as ingested. Feeds `data-platform stats --json` and the
 statistics asset. Plain Python over the catalog's per-upload details."""
 
+import json
 from collections import Counter, defaultdict
 from datetime import datetime
 
-from data_platform.catalog import INGESTED, Catalog, Upload, _json_or_text
+from data_platform.catalog import INGESTED, Catalog, Upload
 from data_platform.quality import dataset_quality
 
 
 def _detail(upload: Upload) -> dict:
-    detail = _json_or_text(upload.detail)
+    """The upload's detail as a dict ({} when absent or, for old rows, plain text)."""
+    try:
+        detail = json.loads(upload.detail) if upload.detail else {}
+    except ValueError:
+        return {}
     return detail if isinstance(detail, dict) else {}
 
 
