@@ -70,31 +70,24 @@ class RowIndex:
     def __init__(self, runs: RunStore):
         self.runs = runs
         self.known = SortedKeys()
-        self.seen_run_id = 0
-        self._loaded_uploads: set[int] = set()
         self.upload_id: int | None = None
         self.kept = SortedKeys()
-        self.refresh()
+        self._absorb()
 
-    def refresh(self) -> list[IndexRun]:
-        """Load the runs registered since the last look; returns them."""
-        newer = self.runs.registered(after_id=self.seen_run_id)
-        self._absorb(newer)
-        return newer
+    @property
+    def seen_run_id(self) -> int:
+        return self.runs.seen_run_id
 
-    def _absorb(self, runs: list[IndexRun]) -> None:
-        todo = [r for r in runs if r.upload_id not in self._loaded_uploads]
-        for run, table in zip(todo, self.runs.read(todo)):
+    def _absorb(self, runs: list[IndexRun] | None = None) -> None:
+        """Load the runs registered since the last look (or those given)."""
+        for _, table in self.runs.load_newer(runs):
             self.known.add(table.column("row_hash").to_numpy())
-            self._loaded_uploads.add(run.upload_id)
-        if runs:
-            self.seen_run_id = max(self.seen_run_id, runs[-1].id)
 
     def begin(self, upload_id: int) -> None:
         """Start (or restart: a retry) an upload: nothing kept yet, the latest runs loaded."""
         self.upload_id = upload_id
         self.kept = SortedKeys()
-        self.refresh()
+        self._absorb()
 
     def keep_mask(self, table: pa.Table) -> np.ndarray:
         """True for rows to keep: first in this table and held by no committed upload nor
@@ -127,5 +120,5 @@ class RowIndex:
     def committed(self) -> None:
         """The upload is fresh and its run registered: its rows are known from now on."""
         self.known.add(self.kept.sorted())
-        self._loaded_uploads.add(self.upload_id)
+        self.runs.loaded(self.upload_id)
         self.kept = SortedKeys()

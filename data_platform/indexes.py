@@ -36,15 +36,34 @@ NEAR_DUP = "near_dup"  # LSH bands of kept texts (data_platform.neardup)
 
 
 class RunStore:
-    """Reads and writes one dataset's runs of one index kind."""
+    """Reads and writes one dataset's runs of one index kind, and remembers which runs
+    this process has loaded (an index is loaded once, then kept up to date)."""
 
     def __init__(self, store: ObjectStore, catalog: Catalog, tenant: str, dataset: str, kind: str):
         self.store, self.catalog = store, catalog
         self.tenant, self.dataset, self.kind = tenant, dataset, kind
         self.dataset_id = catalog.dataset_id(tenant, dataset)
+        self.seen_run_id = 0  # the newest registered run looked at
+        self._loaded_uploads: set[int] = set()
 
     def registered(self, *, after_id: int = 0) -> list[IndexRun]:
         return self.catalog.index_runs(self.dataset_id, self.kind, after_id=after_id)
+
+    def load_newer(self, runs: Sequence[IndexRun] | None = None) -> list[tuple[IndexRun, pa.Table]]:
+        """The runs registered since the last look (or those given), except the uploads
+        already loaded or committed by this process, with their tables, oldest first."""
+        if runs is None:
+            runs = self.registered(after_id=self.seen_run_id)
+        todo = [r for r in runs if r.upload_id not in self._loaded_uploads]
+        tables = self.read(todo)
+        self._loaded_uploads.update(r.upload_id for r in todo)
+        if runs:
+            self.seen_run_id = max(self.seen_run_id, max(r.id for r in runs))
+        return list(zip(todo, tables))
+
+    def loaded(self, upload_id: int) -> None:
+        """This process committed the upload: its rows are in memory already."""
+        self._loaded_uploads.add(upload_id)
 
     def read(self, runs: Sequence[IndexRun]) -> list[pa.Table]:
         """The runs' tables, in the order given."""
@@ -128,25 +147,19 @@ class NearDupRuns:
     def __init__(self, runs: RunStore, index):
         self.runs = runs
         self.index = index  # data_platform.neardup.NearDupIndex
-        self.seen_run_id = 0
-        self._loaded_uploads: set[int] = set()
 
     def begin(self, upload_id: int) -> None:
         """Start (or restart) an upload: what an earlier attempt staged goes, newer runs come in."""
         self.index.forget(upload_id)
-        newer = [r for r in self.runs.registered(after_id=self.seen_run_id) if r.upload_id not in self._loaded_uploads]
-        for run, table in zip(newer, self.runs.read(newer)):
+        for run, table in self.runs.load_newer():
             self.index.load_run(run.upload_id, table)
-            self._loaded_uploads.add(run.upload_id)
-        if newer:
-            self.seen_run_id = max(self.seen_run_id, newer[-1].id)
 
     def stage(self, upload_id: int) -> StagedRun | None:
         table = self.index.run_for(upload_id)
         return None if table is None else self.runs.write(upload_id, table)
 
     def committed(self, upload_id: int) -> None:
-        self._loaded_uploads.add(upload_id)
+        self.runs.loaded(upload_id)
         self.index.persisted(upload_id)  # its rows stay searchable; the local run file goes
 
     def forget(self, upload_id: int) -> None:
