@@ -75,6 +75,9 @@ class Upload:
     detected_at: datetime
     updated_at: datetime
     quality: float | None = None
+    uses: int = 0
+    ingested_at: datetime | None = None
+    state_since: datetime | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row) -> "Upload":
@@ -96,7 +99,10 @@ class Upload:
             "upload_id": self.id,
             "size": self.size,
             "duplicate_of": self.duplicate_of,
+            "uses": self.uses,
             "detected_at": _iso(self.detected_at),
+            "ingested_at": _iso(self.ingested_at),
+            "state_since": _iso(self.state_since),
             "updated_at": _iso(self.updated_at),
             "detail": _json_or_text(self.detail),
         }
@@ -248,7 +254,7 @@ class Catalog:
                         "landing_key": ident.landing_key, "etag": ident.etag, "size": ident.size,
                         "last_modified": to_naive_utc(ident.last_modified), "tenant": tenant,
                         "dataset": dataset, "state": LANDING, "detected_at": now, "updated_at": now,
-                        "attempts": 0,
+                        "state_since": now, "attempts": 0,
                     }
                     for ident, tenant, dataset in chunk
                 ]
@@ -331,14 +337,14 @@ class Catalog:
 
     def _transition(self, conn: Connection, upload_id: int, *, from_state: str, to_state: str, actor: str,
                     claimer: str | None, reason: str | None = None, detail: dict | None = None,
-                    **values: Any) -> None:
-        now = utcnow()
+                    now: datetime | None = None, **values: Any) -> None:
+        now = now or utcnow()
         where = [uploads.c.id == upload_id, uploads.c.state == from_state]
         if claimer is not None:
             where.append(uploads.c.claimed_by == claimer)
         result = conn.execute(
             uploads.update().where(*where).values(
-                state=to_state, reason=reason, updated_at=now, claimed_by=None, claimed_until=None,
+                state=to_state, reason=reason, updated_at=now, state_since=now, claimed_by=None, claimed_until=None,
                 detail=json.dumps(detail, sort_keys=True) if detail else None, **values,
             )
         )
@@ -348,6 +354,27 @@ class Catalog:
             upload_id=upload_id, at=now, actor=actor, from_state=from_state, to_state=to_state, reason=reason,
             detail=json.dumps(detail, sort_keys=True) if detail else None,
         ))
+
+    def _move(self, conn: Connection, upload_ids: Sequence[int], *, from_state: str, to_state: str, actor: str,
+              reason: str | None = None, detail: dict | None = None, now: datetime | None = None,
+              **values: Any) -> list[int]:
+        """Lifecycle transitions of many uploads at once (no claimer): each one moves only
+        if it is still in `from_state`; returns the ids that moved. Unlike `_transition`,
+        the upload's own reason and detail (its ingestion report) are kept; the reason
+        and detail of the move go to the audit log."""
+        now = now or utcnow()
+        moved: list[int] = []
+        for chunk in _chunks(list(upload_ids), 500):
+            moved += conn.execute(
+                uploads.update().where(uploads.c.id.in_(chunk), uploads.c.state == from_state)
+                .values(state=to_state, updated_at=now, state_since=now, **values).returning(uploads.c.id)
+            ).scalars().all()
+        if moved:
+            text = json.dumps(detail, sort_keys=True) if detail else None
+            conn.execute(audit_log.insert(), [
+                {"upload_id": i, "at": now, "actor": actor, "from_state": from_state, "to_state": to_state,
+                 "reason": reason, "detail": text} for i in moved])
+        return sorted(moved)
 
     def mark_fresh(self, upload: Upload, claimer: str, *, sha256: str, rows: int, quarantined_rows: int,
                    object_key: str, detail: dict | None = None, quality: float | None = None,
@@ -367,7 +394,7 @@ class Catalog:
             # below is the latest commit.
             self._transition(conn, upload.id, from_state=LANDING, to_state=FRESH, actor=claimer, claimer=claimer,
                              detail=detail, sha256=sha256, rows=rows, quarantined_rows=quarantined_rows,
-                             object_key=object_key, quality=quality)
+                             object_key=object_key, quality=quality, ingested_at=utcnow())
             if seen_runs:
                 conn.execute(sa.select(datasets.c.id).where(datasets.c.id == dataset_id).with_for_update())
                 newer = conn.execute(

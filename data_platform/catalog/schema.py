@@ -39,6 +39,10 @@ uploads = sa.Table(
     sa.Column("detected_at", sa.DateTime, nullable=False),
     sa.Column("updated_at", sa.DateTime, nullable=False),
     sa.Column("quality", sa.Float),  # 0..1, the upload's quality score (fresh uploads)
+    # Retention's inputs: usages so far, when the upload became fresh, when it entered its state.
+    sa.Column("uses", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("ingested_at", sa.DateTime),
+    sa.Column("state_since", sa.DateTime),
     sa.UniqueConstraint("landing_key", "etag", "last_modified", name="uq_uploads_identity"),
     sa.Index("ix_uploads_partition_state", "tenant", "dataset", "state"),
     sa.Index("ix_uploads_state", "state"),
@@ -95,4 +99,78 @@ index_runs = sa.Table(
     sa.Column("created_at", sa.DateTime, nullable=False),
     sa.UniqueConstraint("kind", "upload_id", name="uq_index_runs_kind_upload"),
     sa.Index("ix_index_runs_dataset_kind", "dataset_id", "kind", "id"),
+)
+
+# A training set: one versioned snapshot under training_sets/{tenant}/{name}/{version}/.
+# `building` holds its files' claim (they are `used` from the claim on) under a lease;
+# `complete` once manifest.json is written; `released` when a build failed and gave its
+# files back. A build that crashed is completed by the next one, after its lease.
+training_sets = sa.Table(
+    "training_sets",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("filters", sa.Text, nullable=False),  # JSON
+    sa.Column("consumer", sa.String(128), nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("claimed_by", sa.String(128)),
+    sa.Column("claimed_until", sa.DateTime),
+    sa.Column("sample", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("prefix", sa.String(1024), nullable=False),
+    sa.Column("manifest_sha256", sa.String(64)),
+    sa.Column("files", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("completed_at", sa.DateTime),
+    sa.Column("detail", sa.Text),
+    sa.UniqueConstraint("tenant", "name", "version", name="uq_training_sets_version"),
+    sa.Index("ix_training_sets_state", "state"),
+)
+
+# The files a training set holds (its claim): fresh files are claimed by one set only.
+training_set_files = sa.Table(
+    "training_set_files",
+    metadata,
+    sa.Column("training_set_id", sa.BigInteger, sa.ForeignKey("training_sets.id"), primary_key=True),
+    sa.Column("upload_id", sa.BigInteger, sa.ForeignKey("uploads.id"), primary_key=True),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Index("ix_training_set_files_upload", "upload_id"),
+)
+
+# Usage lineage: every time a file's data went into a training set (`build`, `sample`)
+# or a consumer recorded reading one (`read`). `uploads.uses` counts these rows.
+usages = sa.Table(
+    "usages",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("upload_id", sa.BigInteger, sa.ForeignKey("uploads.id"), nullable=False),
+    sa.Column("training_set_id", sa.BigInteger, sa.ForeignKey("training_sets.id"), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("consumer", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.String(128)),
+    sa.Column("at", sa.DateTime, nullable=False),
+    sa.Index("ix_usages_upload", "upload_id"),
+    sa.Index("ix_usages_training_set", "training_set_id"),
+)
+
+# What is left of a deleted upload's data: who deleted it, when, why, and what it was.
+tombstones = sa.Table(
+    "tombstones",
+    metadata,
+    sa.Column("upload_id", sa.BigInteger, sa.ForeignKey("uploads.id"), primary_key=True),
+    sa.Column("tenant", sa.String(63)),
+    sa.Column("dataset", sa.String(63)),
+    sa.Column("landing_key", sa.String(1024), nullable=False),
+    sa.Column("object_key", sa.String(1024)),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("from_state", sa.String(16), nullable=False),
+    sa.Column("deleted_at", sa.DateTime, nullable=False),
+    sa.Column("deleted_by", sa.String(128), nullable=False),
+    sa.Column("reason", sa.String(64), nullable=False),
 )
