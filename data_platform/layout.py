@@ -12,6 +12,7 @@ from dataclasses import dataclass
 LANDING = "landing"
 QUARANTINE = "quarantine"
 DATA = "data"
+ARCHIVE = "archive"
 PLATFORM = "_platform"
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -100,6 +101,28 @@ def landing_prefix(tenant: str | None = None, dataset: str | None = None) -> str
 def data_key(tenant: str, dataset: str, upload_id: int) -> str:
     """Deterministic per upload, so a re-run overwrites rather than duplicates."""
     return f"{DATA}/{check_name('tenant', tenant)}/{check_name('dataset', dataset)}/upload-{upload_id:010d}.parquet"
+
+
+def archive_key(tenant: str, dataset: str, upload_id: int) -> str:
+    """Where retention moves an upload's data when it is archived (same name as under data/)."""
+    return f"{ARCHIVE}/{check_name('tenant', tenant)}/{check_name('dataset', dataset)}/upload-{upload_id:010d}.parquet"
+
+
+# The upload id in a key under data/, archive/, _platform/indexes/ or quarantine/.
+UPLOAD_ID_IN_KEY = re.compile(r"/upload-(\d{10})(?:\.parquet$|/)")
+
+
+def upload_id_in_key(key: str) -> int | None:
+    found = UPLOAD_ID_IN_KEY.search(key)
+    return int(found.group(1)) if found else None
+
+
+TRAINING_SETS = "training_sets"
+
+
+def training_set_prefix(tenant: str, name: str, version: int) -> str:
+    """One immutable snapshot; versions are zero-padded so they list in order."""
+    return f"{TRAINING_SETS}/{check_name('tenant', tenant)}/{check_name('training set', name)}/v{version:04d}/"
 
 
 INDEX_KINDS = ("rows", "near_dup", "subjects")

@@ -2,21 +2,11 @@
 the uploads the catalog holds as ingested. Feeds `data-platform stats --json` and the
 statistics asset. Plain Python over the catalog's per-upload details."""
 
-import json
 from collections import Counter, defaultdict
 from datetime import datetime
 
 from data_platform.catalog import INGESTED, Catalog, Upload
 from data_platform.quality import dataset_quality
-
-
-def _detail(upload: Upload) -> dict:
-    """The upload's detail as a dict ({} when absent or, for old rows, plain text)."""
-    try:
-        detail = json.loads(upload.detail) if upload.detail else {}
-    except ValueError:
-        return {}
-    return detail if isinstance(detail, dict) else {}
 
 
 def dataset_findings(catalog: Catalog, *, tenant: str | None = None) -> dict[str, dict]:
@@ -28,7 +18,7 @@ def dataset_findings(catalog: Catalog, *, tenant: str | None = None) -> dict[str
             by_dataset[f"{upload.tenant}/{upload.dataset}"].append(upload)
     findings = {}
     for key, ingested in sorted(by_dataset.items()):
-        details = [(u, _detail(u)) for u in ingested]
+        details = [(u, u.report) for u in ingested]
         duplicates, near, rejected, pseudonymised, redacted = Counter(), Counter(), Counter(), Counter(), Counter()
         pii_columns, pii_detected = {}, {}
         for _, d in details:

@@ -6,9 +6,10 @@ be in the state, and held by the claimer, that the caller expects) plus its audi
 """
 
 import fcntl
+import hashlib
 import json
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from data_platform.catalog.schema import (
-    VERSION_TABLE, audit_log, contents, datasets, index_runs, metadata, uploads,
+    VERSION_TABLE, audit_log, contents, datasets, index_runs, metadata, training_set_files, training_sets, uploads,
+    usages,
 )
 
 # The states of PRODUCT.md's "life of a file", plus `duplicate` (same bytes as an
@@ -82,6 +84,13 @@ class Upload:
     @classmethod
     def from_row(cls, row: sa.Row) -> "Upload":
         return cls(**row._mapping)
+
+    @property
+    def report(self) -> dict:
+        """`detail` as a dict: the ingestion report of an ingested upload; {} when absent
+        or when it holds the text of a failed attempt."""
+        value = _json_or_text(self.detail)
+        return value if isinstance(value, dict) else {}
 
     def as_status(self) -> dict[str, Any]:
         """The `data-platform status --json` entry (PRODUCT.md's fields first)."""
@@ -152,6 +161,55 @@ class IndexChanged(Exception):
     def __init__(self, runs: list[IndexRun]):
         super().__init__(f"{len(runs)} index run(s) registered meanwhile")
         self.runs = runs
+
+
+# Training-set states (see schema.training_sets).
+BUILDING = "building"
+COMPLETE = "complete"
+RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    id: int
+    tenant: str
+    name: str
+    version: int
+    state: str
+    filters: dict
+    consumer: str
+    created_by: str
+    claimed_by: str | None
+    claimed_until: datetime | None
+    sample: bool
+    prefix: str
+    manifest_sha256: str | None
+    files: int
+    rows: int | None
+    bytes: int | None
+    created_at: datetime
+    completed_at: datetime | None
+    detail: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> "TrainingSet":
+        values = dict(row._mapping)
+        values["filters"] = json.loads(values["filters"])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "tenant": self.tenant, "name": self.name, "version": self.version, "state": self.state,
+            "sample": self.sample, "prefix": self.prefix, "manifest_key": f"{self.prefix}manifest.json",
+            "manifest_sha256": self.manifest_sha256, "files": self.files, "rows": self.rows, "bytes": self.bytes,
+            "filters": self.filters, "consumer": self.consumer, "created_by": self.created_by,
+            "created_at": _iso(self.created_at), "completed_at": _iso(self.completed_at),
+            "detail": _json_or_text(self.detail),
+        }
+
+
+class NoFreshData(LookupError):
+    """Nothing fresh matched a training set's filters (or it was all claimed meanwhile)."""
 
 
 class DuplicateContent(Exception):
@@ -446,6 +504,251 @@ class Catalog:
             self._transition(conn, upload.id, from_state=LANDING, to_state=DELETED, actor=claimer, claimer=claimer,
                              reason="vanished_before_ingestion")
 
+    # -- training sets: the exactly-once claim of fresh data, and usage lineage ------
+
+    def claim_training_set(self, *, tenant: str, name: str, prefix_of: Callable[[int], str], filters: dict,
+                           consumer: str, actor: str, run_id: str | None, lease: timedelta,
+                           now: datetime | None = None) -> tuple[TrainingSet, list[Upload]]:
+        """Create the next version of a training set holding fresh files that match
+        `filters` (datasets, min_quality, max_rows), oldest first, and make them `used`,
+        in one transaction. Raises `NoFreshData` (changing nothing) if none matched.
+
+        Exactly once: a file moves fresh -> used only in the transaction that claims
+        it. On PostgreSQL candidates are locked with SKIP LOCKED, so concurrent builds
+        take disjoint files without waiting; on SQLite the first statement is a write,
+        which serialises claims. The set starts `building` under a lease.
+        """
+        now = now or utcnow()
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    ts = self._insert_training_set(conn, tenant=tenant, name=name, prefix_of=prefix_of,
+                                                   filters=filters, consumer=consumer, actor=actor,
+                                                   claimed_until=now + lease, sample=False, now=now)
+                    chosen = self._lock_fresh_candidates(conn, tenant, filters)
+                    moved = set(self._move(conn, [u.id for u in chosen], from_state=FRESH, to_state=USED,
+                                           actor=actor, reason="training_set",
+                                           detail={"training_set": f"{name}/v{ts.version}", "run_id": run_id},
+                                           now=now, uses=uploads.c.uses + 1))
+                    claimed = [u for u in chosen if u.id in moved]
+                    if not claimed:
+                        raise NoFreshData(_no_fresh_message(tenant, filters))
+                    self._record_usage(conn, ts, claimed, kind="build", consumer=consumer, run_id=run_id, now=now)
+                    return self._training_set(conn, ts.id), [self._upload(conn, u.id) for u in claimed]
+            except sa.exc.IntegrityError:
+                if attempt == 4:
+                    raise  # the version number kept colliding: not a race any more
+        raise AssertionError("unreachable")
+
+    def record_sample_training_set(self, *, tenant: str, name: str, prefix_of: Callable[[int], str],
+                                   filters: dict, consumer: str, actor: str, run_id: str | None,
+                                   files: Sequence[tuple[Upload, int]], lease: timedelta,
+                                   now: datetime | None = None) -> TrainingSet:
+        """A training set that samples already-used files (only when explicitly asked
+        for, with no fresh data): nothing changes state, each file records a use."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            ts = self._insert_training_set(conn, tenant=tenant, name=name, prefix_of=prefix_of, filters=filters,
+                                           consumer=consumer, actor=actor, claimed_until=now + lease, sample=True,
+                                           now=now)
+            conn.execute(uploads.update().where(uploads.c.id.in_([u.id for u, _ in files]))
+                         .values(uses=uploads.c.uses + 1))
+            self._record_usage(conn, ts, [u for u, _ in files], kind="sample", consumer=consumer, run_id=run_id,
+                               now=now, rows={u.id: n for u, n in files})
+            return self._training_set(conn, ts.id)
+
+    def _insert_training_set(self, conn: Connection, *, tenant: str, name: str, prefix_of, filters: dict,
+                             consumer: str, actor: str, claimed_until: datetime, sample: bool,
+                             now: datetime) -> TrainingSet:
+        # INSERT ... SELECT: the version is computed by the writing statement itself, so on
+        # SQLite the write lock comes first. On PostgreSQL builds of one name take turns on
+        # an advisory lock until commit (the claim is short), so versions never collide.
+        if self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(f"training_set/{tenant}/{name}".encode()).digest()[:8], "big", signed=True)
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        next_version = (sa.select(sa.func.coalesce(sa.func.max(training_sets.c.version), 0) + 1)
+                        .where(training_sets.c.tenant == tenant, training_sets.c.name == name).scalar_subquery())
+        source = sa.select(
+            sa.literal(tenant), sa.literal(name), next_version, sa.literal(BUILDING), sa.literal(json.dumps(filters)),
+            sa.literal(consumer), sa.literal(actor), sa.literal(actor), sa.literal(claimed_until),
+            sa.literal(sample), sa.literal(""), sa.literal(now))
+        cols = ["tenant", "name", "version", "state", "filters", "consumer", "created_by", "claimed_by",
+                "claimed_until", "sample", "prefix", "created_at"]
+        set_id, version = conn.execute(
+            training_sets.insert().from_select(cols, source).returning(training_sets.c.id, training_sets.c.version)
+        ).one()
+        conn.execute(training_sets.update().where(training_sets.c.id == set_id).values(prefix=prefix_of(version)))
+        return self._training_set(conn, set_id)
+
+    def _lock_fresh_candidates(self, conn: Connection, tenant: str, filters: dict) -> list[Upload]:
+        """Fresh files matching the filters, oldest first, as many as fit in max_rows
+        (whole files, stopping at the first that does not fit), locked on PostgreSQL."""
+        query = (sa.select(uploads).where(uploads.c.tenant == tenant, uploads.c.state == FRESH)
+                 .order_by(uploads.c.id))
+        if filters.get("datasets"):
+            query = query.where(uploads.c.dataset.in_(filters["datasets"]))
+        if filters.get("min_quality") is not None:
+            query = query.where(uploads.c.quality >= filters["min_quality"])
+        budget = filters.get("max_rows")
+        chosen: list[Upload] = []
+        total, after = 0, 0
+        while True:
+            page = query.where(uploads.c.id > after).limit(200)
+            if self.engine.dialect.name == "postgresql":
+                page = page.with_for_update(skip_locked=True)
+            found = [Upload.from_row(r) for r in conn.execute(page)]
+            for upload in found:
+                if budget is not None and total + (upload.rows or 0) > budget:
+                    if not chosen:
+                        raise NoFreshData(f"max_rows={budget} is smaller than the oldest matching fresh file "
+                                          f"(upload {upload.id}, {upload.rows} rows); files are taken whole")
+                    return chosen
+                chosen.append(upload)
+                total += upload.rows or 0
+            if len(found) < 200:
+                return chosen
+            after = found[-1].id
+
+    def _record_usage(self, conn: Connection, ts: TrainingSet, files: Sequence[Upload], *, kind: str,
+                      consumer: str, run_id: str | None, now: datetime, rows: dict[int, int] | None = None) -> None:
+        conn.execute(training_set_files.insert(), [
+            {"training_set_id": ts.id, "upload_id": u.id, "rows": (rows or {}).get(u.id, u.rows or 0)}
+            for u in files])
+        conn.execute(usages.insert(), [
+            {"upload_id": u.id, "training_set_id": ts.id, "kind": kind, "consumer": consumer, "run_id": run_id,
+             "at": now} for u in files])
+        conn.execute(training_sets.update().where(training_sets.c.id == ts.id).values(
+            files=len(files), rows=sum((rows or {}).get(u.id, u.rows or 0) for u in files)))
+
+    def take_over_stale_training_sets(self, tenant: str, claimer: str, *, lease: timedelta,
+                                      now: datetime | None = None) -> list[TrainingSet]:
+        """Builds of the tenant whose lease ran out (their builder crashed), now held by
+        `claimer`, which must complete them: their files stay claimed, never orphaned."""
+        now = now or utcnow()
+        taken = []
+        with self.engine.begin() as conn:
+            stale = conn.execute(sa.select(training_sets.c.id, training_sets.c.claimed_by).where(
+                training_sets.c.tenant == tenant, training_sets.c.state == BUILDING,
+                training_sets.c.claimed_until < now)).all()
+            for set_id, held_by in stale:
+                result = conn.execute(training_sets.update().where(
+                    training_sets.c.id == set_id, training_sets.c.state == BUILDING,
+                    training_sets.c.claimed_by == held_by, training_sets.c.claimed_until < now,
+                ).values(claimed_by=claimer, claimed_until=now + lease))
+                if result.rowcount == 1:
+                    taken.append(set_id)
+            return [self._training_set(conn, i) for i in taken]
+
+    def renew_training_set(self, set_id: int, claimer: str, *, lease: timedelta) -> None:
+        """Extend a build's lease (called as parts are written); raises if it was lost."""
+        with self.engine.begin() as conn:
+            result = conn.execute(training_sets.update().where(
+                training_sets.c.id == set_id, training_sets.c.state == BUILDING,
+                training_sets.c.claimed_by == claimer).values(claimed_until=utcnow() + lease))
+        if result.rowcount != 1:
+            raise TransitionConflict(f"training set {set_id} is no longer built by {claimer}")
+
+    def complete_training_set(self, set_id: int, claimer: str, *, manifest_sha256: str, rows: int, size: int,
+                              detail: dict, now: datetime | None = None) -> TrainingSet:
+        with self.engine.begin() as conn:
+            result = conn.execute(training_sets.update().where(
+                training_sets.c.id == set_id, training_sets.c.state == BUILDING,
+                training_sets.c.claimed_by == claimer,
+            ).values(state=COMPLETE, manifest_sha256=manifest_sha256, rows=rows, bytes=size,
+                     completed_at=now or utcnow(), claimed_by=None, claimed_until=None,
+                     detail=json.dumps(detail, sort_keys=True)))
+            if result.rowcount != 1:
+                raise TransitionConflict(f"training set {set_id} is no longer built by {claimer}")
+            return self._training_set(conn, set_id)
+
+    def release_training_set(self, set_id: int, claimer: str, *, error: str, actor: str,
+                             now: datetime | None = None) -> None:
+        """A build that failed for a reason a retry would not cure: its files go back to
+        fresh (their use is undone), in one transaction with the set becoming `released`."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(training_sets.update().where(
+                training_sets.c.id == set_id, training_sets.c.state == BUILDING,
+                training_sets.c.claimed_by == claimer,
+            ).values(state=RELEASED, claimed_by=None, claimed_until=None, completed_at=now,
+                     detail=json.dumps({"error": error[:2000]})))
+            if result.rowcount != 1:
+                raise TransitionConflict(f"training set {set_id} is no longer built by {claimer}")
+            ts = self._training_set(conn, set_id)
+            ids = conn.execute(sa.select(training_set_files.c.upload_id)
+                               .where(training_set_files.c.training_set_id == set_id)).scalars().all()
+            if not ts.sample:
+                self._move(conn, ids, from_state=USED, to_state=FRESH, actor=actor, reason="training_set_released",
+                           detail={"training_set": f"{ts.name}/v{ts.version}"}, now=now, uses=uploads.c.uses - 1)
+            else:
+                conn.execute(uploads.update().where(uploads.c.id.in_(ids)).values(uses=uploads.c.uses - 1))
+            conn.execute(usages.delete().where(usages.c.training_set_id == set_id))
+            conn.execute(training_set_files.delete().where(training_set_files.c.training_set_id == set_id))
+
+    def record_read(self, set_id: int, *, consumer: str, run_id: str | None,
+                    now: datetime | None = None) -> int:
+        """A consumer read a complete training set: one more use of each of its files."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            ts = self._training_set(conn, set_id)
+            if ts.state != COMPLETE:
+                raise TransitionConflict(f"training set {ts.name}/v{ts.version} is {ts.state}, not complete")
+            ids = conn.execute(sa.select(training_set_files.c.upload_id)
+                               .where(training_set_files.c.training_set_id == set_id)).scalars().all()
+            conn.execute(uploads.update().where(uploads.c.id.in_(ids)).values(uses=uploads.c.uses + 1))
+            conn.execute(usages.insert(), [
+                {"upload_id": i, "training_set_id": set_id, "kind": "read", "consumer": consumer, "run_id": run_id,
+                 "at": now} for i in ids])
+            return len(ids)
+
+    def training_set_uploads(self, set_id: int) -> list[tuple[Upload, int]]:
+        """The files a training set holds, with the rows it takes from each, by id."""
+        query = (sa.select(uploads, training_set_files.c.rows.label("taken"))
+                 .join(training_set_files, training_set_files.c.upload_id == uploads.c.id)
+                 .where(training_set_files.c.training_set_id == set_id).order_by(uploads.c.id))
+        with self.engine.connect() as conn:
+            out = []
+            for row in conn.execute(query):
+                values = dict(row._mapping)
+                taken = values.pop("taken")
+                out.append((Upload(**values), int(taken)))
+            return out
+
+    def training_sets(self, *, tenant: str | None = None, name: str | None = None,
+                      state: str | None = None) -> list[TrainingSet]:
+        query = sa.select(training_sets).order_by(training_sets.c.id)
+        for column, value in ((training_sets.c.tenant, tenant), (training_sets.c.name, name),
+                              (training_sets.c.state, state)):
+            if value is not None:
+                query = query.where(column == value)
+        with self.engine.connect() as conn:
+            return [TrainingSet.from_row(r) for r in conn.execute(query)]
+
+    def usage_lineage(self, upload_ids: Sequence[int] | None = None, *,
+                      tenant: str | None = None) -> dict[int, list[dict[str, Any]]]:
+        """upload id -> its usages, oldest first: which training set, when, kind, run, consumer."""
+        query = (sa.select(usages.c.upload_id, usages.c.kind, usages.c.consumer, usages.c.run_id, usages.c.at,
+                           training_sets.c.name, training_sets.c.version, training_sets.c.id.label("set_id"))
+                 .join(training_sets, training_sets.c.id == usages.c.training_set_id).order_by(usages.c.id))
+        if tenant is not None:
+            query = query.where(training_sets.c.tenant == tenant)
+        out: dict[int, list[dict[str, Any]]] = {}
+        with self.engine.connect() as conn:
+            chunks = _chunks(list(upload_ids), 500) if upload_ids is not None else [None]
+            for chunk in chunks:
+                q = query if chunk is None else query.where(usages.c.upload_id.in_(chunk))
+                for r in conn.execute(q):
+                    out.setdefault(r.upload_id, []).append({
+                        "training_set": r.name, "version": r.version, "training_set_id": r.set_id,
+                        "kind": r.kind, "consumer": r.consumer, "run_id": r.run_id, "at": _iso(r.at)})
+        return out
+
+    def _training_set(self, conn: Connection, set_id: int) -> TrainingSet:
+        return TrainingSet.from_row(conn.execute(sa.select(training_sets).where(training_sets.c.id == set_id)).one())
+
+    def _upload(self, conn: Connection, upload_id: int) -> Upload:
+        return Upload.from_row(conn.execute(sa.select(uploads).where(uploads.c.id == upload_id)).one())
+
     # -- datasets and their index runs ----------------------------------------------
 
     def dataset_id(self, tenant: str, dataset: str) -> int:
@@ -531,6 +834,12 @@ class Catalog:
             ]
 
 
+def _no_fresh_message(tenant: str, filters: dict) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(filters.items()) if v not in (None, [], ()))
+    return (f"no fresh data for tenant {tenant!r}" + (f" matching {shown}" if shown else "")
+            + ": every matching file is already used by a training set, or nothing was ingested yet")
+
+
 def _index_run(row: sa.Row) -> IndexRun:
     return IndexRun(id=row.id, dataset_id=row.dataset_id, kind=row.kind, upload_id=row.upload_id,
                     object_key=row.object_key, entries=row.entries)
@@ -570,7 +879,7 @@ def _make_engine(url: str) -> Engine:
 
 
 __all__ = [
-    "Catalog", "Upload", "Identity", "TransitionConflict", "DuplicateContent", "IndexChanged", "IndexRun", "StagedRun", "STATES", "SETTLED", "INGESTED",
+    "Catalog", "Upload", "Identity", "TrainingSet", "NoFreshData", "BUILDING", "COMPLETE", "RELEASED", "TransitionConflict", "DuplicateContent", "IndexChanged", "IndexRun", "StagedRun", "STATES", "SETTLED", "INGESTED",
     "LANDING", "FRESH", "USED", "ARCHIVED", "DEPRECATED", "DELETED", "QUARANTINED", "DUPLICATE", "metadata",
     "utcnow",
 ]
