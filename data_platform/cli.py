@@ -5,6 +5,7 @@ non-zero with a one-line error on stderr when it fails.
 """
 
 import argparse
+import getpass
 import json
 import os
 import secrets
@@ -14,9 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from data_platform import layout
-from data_platform.catalog import STATES, Catalog, Identity
+from data_platform import training_sets as tsets
+from data_platform.catalog import STATES, Catalog, Identity, NoFreshData
 from data_platform.config import Settings
-from data_platform.reporting import dataset_findings
+from data_platform.reporting import dataset_findings, growth, quality_distribution
 from data_platform.storage import open_store
 
 
@@ -83,11 +85,88 @@ def cmd_upload(args) -> dict:
             "bytes": total, "storage_url": store.url}
 
 
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in some containers
+        return "cli"
+
+
+def _check_state(state: str | None) -> None:
+    if state and state not in STATES:
+        raise CliError(f"unknown state {state!r}: one of {', '.join(STATES)}")
+
+
 def cmd_status(args) -> list[dict]:
-    if args.state and args.state not in STATES:
-        raise CliError(f"unknown state {args.state!r}: one of {', '.join(STATES)}")
+    _check_state(args.state)
     catalog = Catalog(_settings().catalog_url)
-    return [u.as_status() for u in catalog.list_uploads(tenant=args.tenant, dataset=args.dataset, state=args.state)]
+    found = catalog.list_uploads(tenant=args.tenant, dataset=args.dataset, state=args.state)
+    # Usage lineage: which training sets used each file, when, by which run and consumer.
+    lineage = catalog.usage_lineage([u.id for u in found if u.uses]) if any(u.uses for u in found) else {}
+    return [{**u.as_status(), "used_by": lineage.get(u.id, [])} for u in found]
+
+
+def cmd_list(args) -> list[dict]:
+    """The data files in one state: where each is, its size, rows, quality and uses."""
+    _check_state(args.state)
+    catalog = Catalog(_settings().catalog_url)
+    return [
+        {"upload_id": u.id, "tenant": u.tenant, "dataset": u.dataset, "state": u.state, "object_key": u.object_key,
+         "key": u.landing_key, "sha256": u.sha256, "size": u.size, "rows": u.rows, "quality": u.quality,
+         "uses": u.uses, "ingested_at": _iso(u.ingested_at), "state_since": _iso(u.state_since)}
+        for u in catalog.list_uploads(tenant=args.tenant, dataset=args.dataset, state=args.state)
+    ]
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.replace(tzinfo=UTC).isoformat() if value else None
+
+
+def cmd_training_set(args) -> dict | list:
+    settings = _settings()
+    catalog = Catalog(settings.catalog_url)
+    if args.action == "list":
+        return [ts.as_dict() for ts in catalog.training_sets(tenant=args.tenant, name=args.name)]
+    if args.action == "use":
+        ts = _find_training_set(catalog, args.tenant, args.name, args.version)
+        files = catalog.record_read(ts.id, consumer=args.consumer, run_id=args.run_id)
+        return {"training_set": ts.as_dict(), "consumer": args.consumer, "run_id": args.run_id, "files": files}
+    try:
+        request = tsets.TrainingSetRequest(
+            tenant=args.tenant, name=args.name or tsets.DEFAULT_NAME, datasets=tuple(args.dataset or ()),
+            min_quality=args.min_quality, max_rows=args.max_rows, consumer=args.consumer,
+            sample_rows=args.sample_rows)
+        result = tsets.create_training_set(open_store(settings.storage_url), catalog, request, actor=_actor(),
+                                           run_id=args.run_id)
+    except (NoFreshData, tsets.TrainingSetError) as err:
+        raise CliError(str(err)) from None
+    return {"training_set": result.training_set.as_dict(), "manifest": result.manifest,
+            "resumed": [ts.as_dict() for ts in result.resumed]}
+
+
+def _find_training_set(catalog: Catalog, tenant: str, name: str | None, version: int | None):
+    if version is not None and name is None:
+        raise CliError("--version needs --name")
+    if version is None:
+        found = tsets.latest_training_set(catalog, tenant, name)
+    else:
+        found = next((ts for ts in catalog.training_sets(tenant=tenant, name=name) if ts.version == version), None)
+    if found is None:
+        what = f"{name}/v{version}" if version is not None else (name or "any name")
+        raise CliError(f"no complete training set for tenant {tenant!r} ({what})")
+    return found
+
+
+def cmd_training_path(args) -> dict:
+    """The snapshot a trainer should read next: the newest complete one."""
+    settings = _settings()
+    ts = _find_training_set(Catalog(settings.catalog_url), args.tenant, args.name, None)
+    store = open_store(settings.storage_url)
+    manifest = tsets.read_manifest(store, ts)
+    return {"tenant": ts.tenant, "name": ts.name, "version": ts.version, "url": f"{store.url}/{ts.prefix}",
+            "prefix": ts.prefix, "manifest_key": f"{ts.prefix}manifest.json", "rows": ts.rows,
+            "sample": ts.sample, "completed_at": _iso(ts.completed_at),
+            "parts": [p["key"] for p in manifest["parts"]]}
 
 
 def cmd_stats(args) -> dict:
@@ -115,8 +194,21 @@ def cmd_stats(args) -> dict:
         "by_dataset": dict(by_dataset),
         # Quality, duplicates and personal data found by refinement, over ingested uploads.
         "findings_by_dataset": dataset_findings(catalog),
+        "quality_distribution": quality_distribution(catalog),
+        "growth": growth(catalog),
+        "training_sets": _training_set_counts(catalog),
         "generated_at": datetime.now(UTC).isoformat(),
     }
+
+
+def _training_set_counts(catalog: Catalog) -> dict:
+    out: dict = defaultdict(lambda: {"sets": 0, "rows": 0, "bytes": 0})
+    for ts in catalog.training_sets():
+        entry = out[f"{ts.tenant}/{ts.state}"]
+        entry["sets"] += 1
+        entry["rows"] += ts.rows or 0
+        entry["bytes"] += ts.bytes or 0
+    return dict(out)
 
 
 def _print_human(command: str, result) -> None:
@@ -128,6 +220,19 @@ def _print_human(command: str, result) -> None:
         for e in result:
             print(f"{e['upload_id']:>6}  {e['state']:<11} {e['rows'] or 0:>9} {e['quarantined_rows'] or 0:>6}  "
                   f"{e['reason'] or '':<22} {e['key']}")
+    elif command == "list":
+        print(f"{'id':>6}  {'state':<10} {'rows':>9} {'quality':>7} {'uses':>4}  object")
+        for e in result:
+            quality = f"{e['quality']:.3f}" if e["quality"] is not None else ""
+            print(f"{e['upload_id']:>6}  {e['state']:<10} {e['rows'] or 0:>9} {quality:>7} {e['uses']:>4}  "
+                  f"{e['object_key'] or ''}")
+    elif command == "training-set":
+        sets = result if isinstance(result, list) else [result["training_set"]]
+        for ts in sets:
+            print(f"{ts['tenant']}/{ts['name']} v{ts['version']}  {ts['state']:<9} {ts['files']:>5} files "
+                  f"{ts['rows'] or 0:>10} rows  {ts['prefix']}")
+    elif command == "training-path":
+        print(result["url"])
     elif command == "stats":
         print(f"{'state':<12} {'uploads':>8} {'bytes':>14} {'rows':>12}")
         for state, v in sorted(result["by_state"].items()):
@@ -155,12 +260,47 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--state", help=f"one of {', '.join(STATES)}")
 
     sub.add_parser("stats", help="uploads, bytes and rows per state, tenant and dataset")
-    for p in sub.choices.values():
+
+    ls = sub.add_parser("list", help="data files in one state (fresh, used, archived, ...)")
+    ls.add_argument("--state", required=True, help=f"one of {', '.join(STATES)}")
+    ls.add_argument("--tenant")
+    ls.add_argument("--dataset")
+
+    ts = sub.add_parser("training-set", help="create, list or record the use of training sets")
+    ts_sub = ts.add_subparsers(dest="action", required=True)
+    create = ts_sub.add_parser("create", help="snapshot fresh data and mark it used")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--dataset", action="append", help="repeat for several (default: all datasets)")
+    create.add_argument("--min-quality", type=float)
+    create.add_argument("--max-rows", type=int)
+    create.add_argument("--name", help=f"default: {tsets.DEFAULT_NAME}")
+    create.add_argument("--consumer", help="who the set is for, recorded in the lineage (default: you)")
+    create.add_argument("--sample-rows", type=int,
+                        help="with no fresh data, sample this many rows of used data instead of failing")
+    create.add_argument("--run-id")
+    use = ts_sub.add_parser("use", help="record that a consumer read a training set (one more use of its files)")
+    use.add_argument("--tenant", required=True)
+    use.add_argument("--name")
+    use.add_argument("--version", type=int, help="default: the newest complete one")
+    use.add_argument("--consumer", required=True)
+    use.add_argument("--run-id")
+    lst = ts_sub.add_parser("list", help="the tenant's training sets")
+    lst.add_argument("--tenant")
+    lst.add_argument("--name")
+    for p in ts_sub.choices.values():
         p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    tp = sub.add_parser("training-path", help="the snapshot a trainer should read next")
+    tp.add_argument("--tenant", required=True)
+    tp.add_argument("--name")
+    for name, p in sub.choices.items():
+        if name != "training-set":  # its actions take --json themselves
+            p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     return parser
 
 
-COMMANDS = {"upload": cmd_upload, "status": cmd_status, "stats": cmd_stats}
+COMMANDS = {"upload": cmd_upload, "status": cmd_status, "stats": cmd_stats, "list": cmd_list,
+            "training-set": cmd_training_set, "training-path": cmd_training_path}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,7 +50,7 @@ def quality_trend(catalog: Catalog, tenant: str, dataset: str) -> list[dict]:
     days: dict[str, list[Upload]] = defaultdict(list)
     for upload in catalog.list_uploads(tenant=tenant, dataset=dataset):
         if upload.state in INGESTED and upload.quality is not None:
-            days[_day(upload.updated_at)].append(upload)
+            days[_day(upload.ingested_at or upload.updated_at)].append(upload)
     trend = []
     for day, ups in sorted(days.items()):
         rows = sum(u.rows or 0 for u in ups)
@@ -62,3 +62,54 @@ def quality_trend(catalog: Catalog, tenant: str, dataset: str) -> list[dict]:
 
 def _day(when: datetime) -> str:
     return when.date().isoformat()
+
+
+QUALITY_BUCKETS = 10
+
+
+def quality_distribution(catalog: Catalog, *, tenant: str | None = None) -> dict:
+    """Ingested uploads (and their rows) per quality band of width 0.1, overall and per
+    dataset, with each dataset's row-weighted mean: the figures a histogram plots."""
+    overall = _bands()
+    by_dataset: dict[str, dict] = {}
+    for f in catalog.upload_facts(tenant=tenant):
+        if f.state not in INGESTED or f.quality is None:
+            continue
+        band = min(int(f.quality * QUALITY_BUCKETS), QUALITY_BUCKETS - 1)
+        name = f"{f.tenant}/{f.dataset}"
+        entry = by_dataset.setdefault(name, {"bands": _bands(), "rows": 0, "weighted": 0.0})
+        for bands in (overall, entry["bands"]):
+            bands[band]["uploads"] += 1
+            bands[band]["rows"] += f.rows or 0
+        entry["rows"] += f.rows or 0
+        entry["weighted"] += (f.rows or 0) * f.quality
+    return {
+        "bands": overall,
+        "by_dataset": {name: {"bands": e["bands"],
+                              "mean": round(e["weighted"] / e["rows"], 4) if e["rows"] else None}
+                       for name, e in sorted(by_dataset.items())},
+    }
+
+
+def _bands() -> list[dict]:
+    return [{"from": round(i / QUALITY_BUCKETS, 1), "to": round((i + 1) / QUALITY_BUCKETS, 1), "uploads": 0, "rows": 0}
+            for i in range(QUALITY_BUCKETS)]
+
+
+def growth(catalog: Catalog, *, tenant: str | None = None) -> list[dict]:
+    """Per UTC day: uploads ingested that day, their bytes (as uploaded) and rows, and the
+    running totals since the first, whatever state they are in now."""
+    days: dict[str, Counter] = defaultdict(Counter)
+    for f in catalog.upload_facts(tenant=tenant):
+        if f.ingested_at is None:
+            continue
+        day = days[_day(f.ingested_at)]
+        day["uploads"] += 1
+        day["bytes"] += f.size
+        day["rows"] += f.rows or 0
+    out, total = [], Counter()
+    for day, counts in sorted(days.items()):
+        total.update(counts)
+        out.append({"day": day, **{k: counts[k] for k in ("uploads", "bytes", "rows")},
+                    **{f"total_{k}": total[k] for k in ("uploads", "bytes", "rows")}})
+    return out

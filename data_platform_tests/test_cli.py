@@ -128,3 +128,54 @@ def test_stats_and_status_report_quality_duplicates_and_personal_data(platform_e
     assert findings["redacted_in_text"]["email"] == 1
     human = cli(env, "stats").stdout
     assert "acme/tickets" in human and f"{entry['quality']:.3f}" in human
+
+
+def test_training_set_list_lineage_and_training_path(platform_env, tmp_path):
+    env = platform_env
+    for day in ("day1", "day2"):
+        data = tmp_path / f"{day}.jsonl"
+        data.write_bytes(jsonl([{"id": f"{day}-{i}", "n": i} for i in range(20)]))
+        cli(env, "upload", str(data), "--tenant", "acme", "--dataset", "events", "--json")
+    store_url = env.get("DATA_PLATFORM_STORAGE_URL") or str(tmp_path / "home" / "objects")
+    catalog_url = env.get("DATA_PLATFORM_CATALOG_URL") or f"sqlite:///{tmp_path / 'home' / 'catalog.db'}"
+    ingest_everything(open_store(store_url), Catalog(catalog_url))
+
+    fresh = json.loads(cli(env, "list", "--state", "fresh", "--json").stdout)
+    assert len(fresh) == 2 and all(f["rows"] == 20 and f["uses"] == 0 for f in fresh)
+    out = cli(env, "training-path", "--tenant", "acme", "--json", check=False)
+    assert out.returncode == 1 and out.stdout == "" and "no complete training set" in out.stderr
+
+    created = json.loads(cli(env, "training-set", "create", "--tenant", "acme", "--name", "churn", "--max-rows", "25",
+                             "--consumer", "trainer", "--run-id", "r1", "--json").stdout)
+    ts = created["training_set"]
+    assert (ts["name"], ts["version"], ts["state"], ts["rows"], ts["files"]) == ("churn", 1, "complete", 20, 1)
+    assert created["manifest"]["files"][0]["upload_id"] == fresh[0]["upload_id"]  # oldest first, whole files
+
+    used = json.loads(cli(env, "list", "--state", "used", "--json").stdout)
+    assert [u["upload_id"] for u in used] == [fresh[0]["upload_id"]] and used[0]["uses"] == 1
+    status = {e["upload_id"]: e for e in json.loads(cli(env, "status", "--json").stdout)}
+    [usage] = status[fresh[0]["upload_id"]]["used_by"]
+    assert (usage["training_set"], usage["version"], usage["consumer"], usage["run_id"], usage["kind"]) == (
+        "churn", 1, "trainer", "r1", "build")
+    assert status[fresh[1]["upload_id"]]["used_by"] == [] and status[fresh[1]["upload_id"]]["state"] == "fresh"
+
+    path = json.loads(cli(env, "training-path", "--tenant", "acme", "--json").stdout)
+    assert path["prefix"] == "training_sets/acme/churn/v0001/" and path["url"].endswith(path["prefix"])
+    assert path["parts"] and all(p.startswith(path["prefix"]) for p in path["parts"])
+
+    read = json.loads(cli(env, "training-set", "use", "--tenant", "acme", "--name", "churn", "--consumer",
+                          "model-b", "--json").stdout)
+    assert read["files"] == 1
+    assert json.loads(cli(env, "list", "--state", "used", "--json").stdout)[0]["uses"] == 2
+
+    cli(env, "training-set", "create", "--tenant", "acme", "--name", "churn", "--json")
+    out = cli(env, "training-set", "create", "--tenant", "acme", "--json", check=False)
+    assert out.returncode == 1 and out.stdout == "" and "no fresh data for tenant 'acme'" in out.stderr
+    listed = json.loads(cli(env, "training-set", "list", "--tenant", "acme", "--json").stdout)
+    assert [(t["name"], t["version"]) for t in listed] == [("churn", 1), ("churn", 2)]
+
+    stats = json.loads(cli(env, "stats", "--json").stdout)
+    assert stats["by_state"]["used"]["uploads"] == 2
+    assert stats["training_sets"]["acme/complete"] == {"sets": 2, "rows": 40, "bytes": sum(t["bytes"] for t in listed)}
+    assert sum(b["uploads"] for b in stats["quality_distribution"]["bands"]) == 2
+    assert stats["growth"][-1]["total_rows"] == 40 and stats["growth"][-1]["total_uploads"] == 2

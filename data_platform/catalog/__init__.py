@@ -808,6 +808,16 @@ class Catalog:
         with self.engine.connect() as conn:
             return [Upload.from_row(r) for r in conn.execute(query)]
 
+    def upload_facts(self, *, tenant: str | None = None) -> list[sa.Row]:
+        """The figures statistics need, one row per upload, without the (large) reports."""
+        query = sa.select(uploads.c.id, uploads.c.tenant, uploads.c.dataset, uploads.c.state, uploads.c.size,
+                          uploads.c.rows, uploads.c.quality, uploads.c.uses, uploads.c.ingested_at,
+                          uploads.c.state_since).order_by(uploads.c.id)
+        if tenant is not None:
+            query = query.where(uploads.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return conn.execute(query).all()
+
     def audit_trail(self, upload_id: int) -> list[dict[str, Any]]:
         query = sa.select(audit_log).where(audit_log.c.upload_id == upload_id).order_by(audit_log.c.id)
         with self.engine.connect() as conn:
