@@ -160,6 +160,20 @@ def test_a_build_that_crashes_is_completed_by_the_next_run_never_orphaned(fresh,
     assert real_complete  # the real method was used throughout
 
 
+def test_a_crash_inside_the_claim_transaction_claims_nothing(fresh, monkeypatch):
+    store, catalog = fresh
+    before = _states(catalog)
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    monkeypatch.setattr(catalog, "_record_usage", crash)  # after the files moved, before the commit
+    with pytest.raises(Crash):
+        create_training_set(store, catalog, TrainingSetRequest("acme"), actor="t")
+    assert _states(catalog) == before and catalog.training_sets() == []
+    assert {u.uses for u in catalog.list_uploads(tenant="acme")} == {0}
+
+
 def test_the_crashed_builder_cannot_complete_after_being_taken_over(fresh):
     store, catalog = fresh
     prefix_of = lambda v: f"training_sets/acme/x/v{v:04d}/"  # noqa: E731
