@@ -55,6 +55,16 @@ def check_store_key(key: str) -> str:
     return key
 
 
+@dataclass(frozen=True)
+class IncompleteWrite:
+    """A write that never finished: a local temp file or an S3 multipart upload."""
+    kind: str  # "temporary_file" | "multipart_upload"
+    key: str  # the temp file under .tmp/, or the key the multipart upload was writing
+    started: datetime  # timezone-aware, UTC
+    size: int | None
+    ref: str  # the temp file's name, or the multipart UploadId
+
+
 class ObjectChanged(Exception):
     """The object was replaced or deleted between listing and reading."""
 
@@ -125,6 +135,13 @@ class ObjectStore(ABC):
     def delete_many(self, keys: Iterable[str]) -> None:
         for key in keys:
             self.delete(key)
+
+    def incomplete_writes(self) -> Iterator[IncompleteWrite]:
+        """Writes begun and never finished (a process died mid-write); cleanup aborts old ones."""
+        return iter(())
+
+    def abort_write(self, write: IncompleteWrite) -> None:
+        """Discard an unfinished write; one already gone is not an error."""
 
 
 class LocalObjectStore(ObjectStore):
@@ -215,6 +232,24 @@ class LocalObjectStore(ObjectStore):
 
     def copy(self, src: str, dst: str) -> None:
         self.upload_file(self._path(src), dst)
+
+    def incomplete_writes(self) -> Iterator[IncompleteWrite]:
+        # Atomic writes go through .tmp/ and are renamed into place; what stays there died.
+        tmp_dir = self.root / self.TMP_DIR
+        if not tmp_dir.is_dir():
+            return
+        for entry in os.scandir(tmp_dir):
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:
+                continue  # renamed into place meanwhile
+            if entry.is_file():
+                yield IncompleteWrite("temporary_file", f"{self.TMP_DIR}/{entry.name}",
+                                      datetime.fromtimestamp(stat.st_mtime_ns / 1e9, UTC), stat.st_size, entry.name)
+
+    def abort_write(self, write: IncompleteWrite) -> None:
+        if write.kind == "temporary_file" and "/" not in write.ref:
+            (self.root / self.TMP_DIR / write.ref).unlink(missing_ok=True)
 
     def delete(self, key: str) -> None:
         path = self._path(key)
@@ -322,6 +357,22 @@ class S3ObjectStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         self._client.delete_object(Bucket=self.bucket, Key=self._k(key))
+
+    def incomplete_writes(self) -> Iterator[IncompleteWrite]:
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for upload in page.get("Uploads", ()):
+                yield IncompleteWrite("multipart_upload", upload["Key"][len(self.prefix):],
+                                      upload["Initiated"].astimezone(UTC), None, upload["UploadId"])
+
+    def abort_write(self, write: IncompleteWrite) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=self._k(write.key), UploadId=write.ref)
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") not in ("404", "NoSuchUpload"):
+                raise
 
     def delete_many(self, keys: Iterable[str]) -> None:
         batch: list[dict] = []
