@@ -174,3 +174,61 @@ tombstones = sa.Table(
     sa.Column("deleted_by", sa.String(128), nullable=False),
     sa.Column("reason", sa.String(64), nullable=False),
 )
+
+# -- feature store ----------------------------------------------------------------------
+
+# A feature table's definition, per tenant and name. Append-only: registering a changed
+# definition adds the next revision; registering the latest one again changes nothing.
+feature_definitions = sa.Table(
+    "feature_definitions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("revision", sa.Integer, nullable=False),
+    sa.Column("definition", sa.Text, nullable=False),  # canonical JSON
+    sa.Column("definition_sha256", sa.String(64), nullable=False),
+    sa.Column("owner", sa.String(128)),
+    sa.Column("description", sa.Text),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.UniqueConstraint("tenant", "name", "revision", name="uq_feature_definitions_revision"),
+)
+
+# One immutable materialisation of a feature table under features/{tenant}/{name}/v{version}/.
+# `building` while its parts are written, `complete` once manifest.json is, `failed`
+# when a build gave up. Numbers are never reused, so a prefix has one writer, ever.
+feature_versions = sa.Table(
+    "feature_versions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("name", sa.String(63), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("definition_id", sa.BigInteger, sa.ForeignKey("feature_definitions.id"), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("prefix", sa.String(1024), nullable=False),
+    sa.Column("code_version", sa.String(256), nullable=False),
+    sa.Column("rows", sa.BigInteger),
+    sa.Column("bytes", sa.BigInteger),
+    sa.Column("schema", sa.Text),  # JSON: [{name, type}]
+    sa.Column("manifest_sha256", sa.String(64)),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("completed_at", sa.DateTime),
+    sa.Column("detail", sa.Text),
+    sa.UniqueConstraint("tenant", "name", "version", name="uq_feature_versions_version"),
+    sa.Index("ix_feature_versions_state", "tenant", "name", "state"),
+)
+
+# The uploads a complete version was built from (lineage; erasure finds versions by upload).
+feature_version_sources = sa.Table(
+    "feature_version_sources",
+    metadata,
+    sa.Column("version_id", sa.BigInteger, sa.ForeignKey("feature_versions.id"), primary_key=True),
+    sa.Column("upload_id", sa.BigInteger, sa.ForeignKey("uploads.id"), primary_key=True),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("object_key", sa.String(1024), nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Index("ix_feature_version_sources_upload", "upload_id"),
+)
