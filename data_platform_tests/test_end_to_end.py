@@ -49,7 +49,7 @@ def test_upload_to_fresh_on_postgres_instance_and_s3(s3_store, pg_catalog_url, p
     assert read_data(s3_store, upload.object_key).num_rows == 250
 
     # The statistics asset goes through the object-store IO manager into the bucket.
-    from data_platform.defs.ingestion.assets import upload_statistics
+    from data_platform.defs.lifecycle.statistics import upload_statistics
     from data_platform.defs.io_manager import ObjectStoreIOManager
 
     stats = dg.materialize([upload_statistics], instance=instance, resources={

@@ -9,7 +9,6 @@ from data_platform import layout
 from data_platform.catalog import FRESH, INGESTED
 from data_platform.defs.resources import CatalogResource, ObjectStoreResource
 from data_platform.ingestion import BatchResult, ingest_pending
-from data_platform.reporting import dataset_findings
 
 # "tenant/dataset": one partition per dataset rather than per file keeps Dagster's
 # partition count small (SQLite instances fail near 36k partitions).
@@ -164,43 +163,3 @@ def _uploads_table(result: BatchResult) -> str:
     if len(result.outcomes) > 200:
         lines.append(f"| … | {len(result.outcomes) - 200} more | | | | |")
     return "\n".join(lines)
-
-
-@dg.asset(
-    kinds={"parquet", "s3"},
-    group_name="ingestion",
-    owners=["team:data-platform"],
-    deps=[fresh_data],
-    io_manager_key="object_store_io_manager",
-    automation_condition=dg.AutomationCondition.eager(),
-    description="Uploads, bytes and rows per tenant, dataset and state, from the catalog; "
-    "kept as Parquet in the object store and refreshed after ingestion.",
-)
-def upload_statistics(context: dg.AssetExecutionContext, catalog: CatalogResource) -> pa.Table:
-    stats = catalog.get_catalog().stats()
-    table = pa.Table.from_pylist(stats, schema=pa.schema([
-        ("tenant", pa.string()), ("dataset", pa.string()), ("state", pa.string()), ("uploads", pa.int64()),
-        ("bytes", pa.int64()), ("rows", pa.int64()), ("quarantined_rows", pa.int64()),
-    ]))
-    totals = Counter()
-    for row in stats:
-        totals[row["state"]] += row["uploads"]
-    findings = dataset_findings(catalog.get_catalog())
-    context.add_output_metadata({
-        **{f"uploads_{state}": n for state, n in sorted(totals.items())},
-        "quality_by_dataset": dg.MetadataValue.table(
-            records=[dg.TableRecord({"dataset": name, "uploads": f["uploads"], "rows": f["rows"],
-                                     "quality": f["quality"]["score"],
-                                     "duplicate_rows_removed": sum(f["duplicate_rows_removed"].values()),
-                                     "near_duplicates": sum(f["near_duplicates"].values()),
-                                     "rows_rejected": sum(f["rows_rejected_by_check"].values()),
-                                     "pii_columns": len(f["pii_columns"])})
-                     for name, f in findings.items()],
-            schema=dg.TableSchema(columns=[
-                dg.TableColumn("dataset", "string"), dg.TableColumn("uploads", "int"), dg.TableColumn("rows", "int"),
-                dg.TableColumn("quality", "float"), dg.TableColumn("duplicate_rows_removed", "int"),
-                dg.TableColumn("near_duplicates", "int"), dg.TableColumn("rows_rejected", "int"),
-                dg.TableColumn("pii_columns", "int")])),
-        "findings_by_dataset": dg.MetadataValue.json(findings),
-    })
-    return table
