@@ -3,7 +3,7 @@
 
     python benchmarks/run_all.py [--with-rejects] [--repeat N] [--quick]
 
-Runs bench_ingest.py and bench_sensor.py (and bench_rejects.py with --with-rejects),
+Runs bench_ingest.py, bench_sensor.py, bench_cleanup.py, bench_features.py and bench_export.py (and bench_rejects.py with --with-rejects),
 each as its own process with its own output, then summarises their JSON results.
 --quick uses small sizes (a smoke test, not the targets' conditions). Exits non-zero
 if any benchmark missed a target or failed.
@@ -34,6 +34,9 @@ def main(argv=None) -> int:
         ("ingest", "bench_ingest.py", (["--mb", "100", "--also-mb", "20"] if args.quick else [])
          + ["--repeat", str(args.repeat)]),
         ("sensor", "bench_sensor.py", ["--uploads", "10000", "--new", "200"] if args.quick else []),
+        ("cleanup", "bench_cleanup.py", ["--uploads", "10000"] if args.quick else []),
+        ("features", "bench_features.py", ["--entities", "100000", "--entity-rows", "100000"] if args.quick else []),
+        ("export", "bench_export.py", ["--files", "2", "--file-mb", "20"] if args.quick else []),
     ]
     if args.with_rejects:
         plan.append(("rejects", "bench_rejects.py", ["--mb", "50"] if args.quick else []))
@@ -56,10 +59,20 @@ def main(argv=None) -> int:
         report = json.loads(out.read_text())
         ok &= report["ok"] and codes[name] == 0
         print(f"\n[{name}] {'all targets met' if report['ok'] else 'TARGET(S) MISSED'}  ({out})")
-        if name in ("ingest", "rejects"):
+        if name in ("ingest", "rejects", "export"):
             print(table(["contender", "input MB", "seconds", "MB/s", "peak RSS MB"],
                         [[r.get("scenario", r["contender"]), f"{r['input_mb']:.0f}", r.get("seconds", "-"),
                           r.get("mb_per_s", "-"), r.get("peak_rss_mb", "-")] for r in report["runs"]]))
+        elif name == "features":
+            print(table(["step", "seconds", "rows", "peak RSS MB"],
+                        [["materialise", report["build"].get("materialise_seconds", "FAILED"),
+                          report["build"].get("feature_rows", "-"), report["build"].get("peak_rss_mb", "-")],
+                         ["retrieve", report["retrieve"].get("seconds", "FAILED"),
+                          report["retrieve"].get("entity_rows", "-"), report["retrieve"].get("peak_rss_mb", "-")]]))
+        elif name == "cleanup":
+            print(table(["catalog", "plan s", "peak RSS MB"],
+                        [[r["backend"], r.get("plan_seconds", "FAILED"), r.get("peak_rss_mb", "-")]
+                         for r in report["results"]]))
         else:
             print(table(["catalog", "tick s", "idle tick s"],
                         [[r["backend"], r.get("tick_seconds", "FAILED"), r.get("idle_tick_seconds", "-")]

@@ -14,10 +14,13 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from data_platform import layout
+from data_platform import exports, layout
+from data_platform import retention
 from data_platform import training_sets as tsets
+from data_platform import features as fs
 from data_platform.catalog import STATES, Catalog, Identity, NoFreshData
 from data_platform.config import Settings
+from data_platform.contracts import ContractRegistry
 from data_platform.reporting import dataset_findings, growth, quality_distribution
 from data_platform.storage import open_store
 
@@ -103,7 +106,19 @@ def cmd_status(args) -> list[dict]:
     found = catalog.list_uploads(tenant=args.tenant, dataset=args.dataset, state=args.state)
     # Usage lineage: which training sets used each file, when, by which run and consumer.
     lineage = catalog.usage_lineage([u.id for u in found if u.uses]) if any(u.uses for u in found) else {}
-    return [{**u.as_status(), "used_by": lineage.get(u.id, [])} for u in found]
+    # A deleted upload's tombstone: who deleted its bytes, when, why, and what they were.
+    tombs = ({t["upload_id"]: t for t in catalog.tombstones(args.tenant)}
+             if any(u.state == "deleted" for u in found) else {})
+    return [{**u.as_status(), "used_by": lineage.get(u.id, []), "tombstone": _tombstone(tombs.get(u.id))}
+            for u in found]
+
+
+def _tombstone(row: dict | None) -> dict | None:
+    if row is None:
+        return None
+    return {"deleted_at": _iso(row["deleted_at"]), "deleted_by": row["deleted_by"], "reason": row["reason"],
+            "from_state": row["from_state"], "sha256": row["sha256"], "object_key": row["object_key"],
+            "size": row["size"], "rows": row["rows"]}
 
 
 def cmd_list(args) -> list[dict]:
@@ -211,6 +226,127 @@ def _training_set_counts(catalog: Catalog) -> dict:
     return dict(out)
 
 
+def cmd_cleanup(args) -> dict:
+    """One retention pass (or, with --dry-run, what it would do)."""
+    if args.tenant and not layout.is_valid_name(args.tenant):
+        raise CliError(f"invalid tenant {args.tenant!r}: must match {layout.NAME_PATTERN.pattern}")
+    try:
+        now = datetime.fromisoformat(args.now) if args.now else datetime.now(UTC)
+    except ValueError as err:
+        raise CliError(f"--now: {err}") from err
+    settings = _settings()
+    store, catalog = open_store(settings.storage_url), Catalog(settings.catalog_url)
+    plan = retention.plan_cleanup(catalog, store, ContractRegistry.from_env(store), now=now, tenant=args.tenant)
+    if args.dry_run:
+        return plan.as_dict(dry_run=True)
+    result = retention.apply_cleanup(plan, catalog, store, actor=f"cli:{getpass.getuser()}")
+    return plan.as_dict(dry_run=False, result=result)
+
+
+def cmd_export(args) -> dict:
+    """One tenant's ISO week exported by hand (the weekly schedule does the same)."""
+    settings = _settings()
+    store = open_store(settings.storage_url)
+    tenant_settings = ContractRegistry.from_env(store).tenant_settings(args.tenant)
+    if not tenant_settings.export_enabled:
+        raise CliError(f"exports are disabled for tenant {args.tenant!r} ({tenant_settings.source})")
+    try:
+        result = exports.export_week(store, Catalog(settings.catalog_url), args.tenant, args.week,
+                                     fmt=args.format or tenant_settings.export_format, run_id=args.run_id,
+                                     settings_source=tenant_settings.source)
+    except exports.ExportError as err:
+        raise CliError(str(err)) from None
+    return {**result.summary(), "url": f"{store.url}/{result.manifest_key}", "manifest": result.manifest}
+
+
+def cmd_verify_export(args) -> dict:
+    """Every part of a week's export re-read against its manifest; `ok` false (exit 1) on any problem."""
+    try:
+        report = exports.verify_export(open_store(_settings().storage_url), args.path)
+    except exports.ExportError as err:
+        raise CliError(str(err)) from None
+    if not report["ok"]:
+        report["error"] = f"{len(report['problems'])} problem(s) in {report['manifest_key']}: {report['problems'][0]}"
+    return report
+
+
+def _print_cleanup(result: dict) -> None:
+    print(f"{'id':>6}  {'from':<11} {'to':<11} {'reason':<21} {'why':<22} object")
+    for t in result["transitions"]:
+        mark = "" if t.get("applied", True) else "  (not applied)"
+        print(f"{t['upload_id']:>6}  {t['from_state']:<11} {t['to_state']:<11} {t['reason']:<21} {t['why']:<22} "
+              f"{t['object_key_after'] or t['object_key_before'] or ''}{mark}")
+    for o in result["expired_objects"]:
+        print(f"{'-':>6}  expired {o['reason']:<26} {o['size'] or 0:>12} B  {o['key']}")
+    for p in result["problems"]:
+        print(f"left alone: {p['tenant']}/{p['dataset']}: {p['problem']}")
+    counts = result["counts"]
+    summary = ", ".join(f"{k} {v}" for k, v in counts["transitions"].items()) or "no transitions"
+    print(f"{'dry run: ' if result['dry_run'] else ''}{summary}; {sum(counts['expired_objects'].values())} "
+          f"expired objects ({counts['expired_bytes']} bytes)")
+
+
+def cmd_features(args) -> dict | list:
+    """The feature store: register a definition, list, show, and point-in-time `get`."""
+    settings = _settings()
+    catalog = Catalog(settings.catalog_url)
+    try:
+        layout.check_name("tenant", args.tenant)
+        if args.action == "register":
+            return fs.register_feature_table(catalog, args.tenant, fs.load_spec(args.file), actor=_actor(),
+                                             source=args.file).as_dict()
+        if args.action == "list":
+            versions = fs.list_versions(catalog, args.tenant)
+            out = []
+            for record in catalog.feature_definitions(args.tenant):
+                mine = [v for v in versions if v.name == record.name]
+                latest = next((v for v in reversed(mine) if v.state == "complete"), None)
+                out.append({"name": record.name, "revision": record.revision, "owner": record.owner,
+                            "description": record.description, "source": record.definition["source"],
+                            "entities": [c["name"] for c in record.definition["entities"]],
+                            "features": [c["name"] for c in record.definition["features"]],
+                            "ttl_seconds": record.definition["ttl_seconds"], "versions": len(mine),
+                            "latest_version": latest.as_dict() if latest else None})
+            return out
+        if args.action == "show":
+            if args.version is None:
+                record, _ = fs.get_definition(catalog, args.tenant, args.name)
+                return {"name": record.name, "revision": record.revision, "definition": record.definition,
+                        "definition_sha256": record.definition_sha256, "registered_by": record.created_by,
+                        "registered_at": _iso(record.created_at),
+                        "versions": [v.as_dict() for v in fs.list_versions(catalog, args.tenant, args.name)]}
+            version = fs.get_version(catalog, args.tenant, args.name, args.version)
+            record, _ = fs.get_definition(catalog, args.tenant, args.name, revision=version.revision)
+            manifest = fs.read_manifest(open_store(settings.storage_url), catalog, version)
+            return {**version.as_dict(), "definition": record.definition, "parts": manifest["parts"],
+                    "sources": manifest["sources"]}
+        return _features_get(args, settings, catalog)
+    except (fs.FeatureError, fs.FeatureNotFound, layout.InvalidKey) as err:
+        raise CliError(str(err)) from None
+
+
+def _features_get(args, settings, catalog: Catalog) -> dict:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = Path(args.entities)
+    if not path.is_file():
+        raise CliError(f"no such file: {args.entities}")
+    entities = pq.read_table(path) if path.suffix in (".parquet", ".pq") else pacsv.read_csv(path)
+    wanted = [f"{args.name}:{f.strip()}" for f in args.features.split(",")] if args.features else args.name
+    version = args.version if args.version is not None else fs.get_version(catalog, args.tenant, args.name).version
+    result = fs.get_historical_features(open_store(settings.storage_url), catalog, args.tenant, entities, wanted,
+                                        version=version, ttl=args.ttl, event_timestamp_column=args.timestamp_column)
+    added = result.column_names[entities.num_columns:]
+    out = {"tenant": args.tenant, "name": args.name, "version": version, "rows": result.num_rows,
+           "columns": result.column_names,
+           "matched": {c: result.num_rows - result.column(c).null_count for c in added}}
+    if args.out:
+        pq.write_table(result, args.out, compression="zstd")
+        return {**out, "out": str(Path(args.out).resolve())}
+    return {**out, "records": result.to_pylist()}
+
+
 def _print_human(command: str, result) -> None:
     if command == "upload":
         for item in result["uploaded"]:
@@ -233,6 +369,26 @@ def _print_human(command: str, result) -> None:
                   f"{ts['rows'] or 0:>10} rows  {ts['prefix']}")
     elif command == "training-path":
         print(result["url"])
+    elif command == "export":
+        print(f"{result['tenant']} {result['week']}: {result['rows']} rows in {result['parts']} {result['format']} "
+              f"part(s) from {result['files']} file(s) -> {result['url']}")
+    elif command == "verify-export":
+        print(f"{result['manifest_key']}: {result['parts_checked']} part(s) checked, "
+              f"{'ok' if result['ok'] else str(len(result['problems'])) + ' problem(s)'}")
+        for problem in result["problems"]:
+            print(f"  {problem}")
+    elif command == "cleanup":
+        _print_cleanup(result)
+    elif command == "features":
+        if isinstance(result, list):
+            for t in result:
+                latest = t["latest_version"]
+                print(f"{t['name']:<32} r{t['revision']:<3} {t['versions']:>3} versions  latest "
+                      f"{'v' + str(latest['version']) + ' ' + str(latest['rows']) + ' rows' if latest else '-'}")
+        elif "records" in result or "out" in result:
+            print(f"{result['rows']} rows, matched {result['matched']}" + (f" -> {result['out']}" if "out" in result else ""))
+        else:
+            print(json.dumps(result, indent=2, default=str))
     elif command == "stats":
         print(f"{'state':<12} {'uploads':>8} {'bytes':>14} {'rows':>12}")
         for state, v in sorted(result["by_state"].items()):
@@ -293,14 +449,49 @@ def build_parser() -> argparse.ArgumentParser:
     tp = sub.add_parser("training-path", help="the snapshot a trainer should read next")
     tp.add_argument("--tenant", required=True)
     tp.add_argument("--name")
+    cl = sub.add_parser("cleanup", help="archive, deprecate and delete per the retention policy; expire leftovers")
+    cl.add_argument("--dry-run", action="store_true", help="print the plan; change nothing")
+    cl.add_argument("--tenant", help="only this tenant (platform-wide leftovers are left to a full pass)")
+    cl.add_argument("--now", help="plan as of this ISO time instead of now (e.g. a dry run of next month)")
+    ex = sub.add_parser("export", help="export a tenant's ISO week to exports/{tenant}/{week}/ (replaces it)")
+    ex.add_argument("--tenant", required=True)
+    ex.add_argument("--week", required=True, help="ISO week, e.g. 2026-W47 (UTC, Monday to Monday)")
+    ex.add_argument("--format", choices=exports.EXPORT_FORMATS, help="default: the tenant's _tenant.yaml, else parquet")
+    ex.add_argument("--run-id")
+    ve = sub.add_parser("verify-export", help="re-hash a week's export against its manifest (exit 1 on a problem)")
+    ve.add_argument("path", metavar="PATH", help="exports/{tenant}/{week}/, its manifest key, or a URL below the store")
+    fe = sub.add_parser("features", help="feature tables: register, list, show, get (point in time)")
+    fe_sub = fe.add_subparsers(dest="action", required=True)
+    reg = fe_sub.add_parser("register", help="register a definition (YAML or JSON); unchanged: nothing new")
+    reg.add_argument("--tenant", required=True)
+    reg.add_argument("--file", required=True, help="definition.yaml or definition.json")
+    fl = fe_sub.add_parser("list", help="the tenant's feature tables with their latest version")
+    fl.add_argument("--tenant", required=True)
+    fsh = fe_sub.add_parser("show", help="a feature table's definition and versions, or one version")
+    fsh.add_argument("--tenant", required=True)
+    fsh.add_argument("--name", required=True)
+    fsh.add_argument("--version", type=int)
+    fg = fe_sub.add_parser("get", help="feature values as of each entity row's timestamp")
+    fg.add_argument("--tenant", required=True)
+    fg.add_argument("--name", required=True)
+    fg.add_argument("--entities", required=True, help="entity keys + a timestamp column: .parquet or .csv")
+    fg.add_argument("--version", type=int, help="default: the latest complete version")
+    fg.add_argument("--features", help="comma-separated feature names (default: all)")
+    fg.add_argument("--ttl", help="override the definition's TTL: 7d, 12h, 30m, 45s or seconds")
+    fg.add_argument("--timestamp-column", default="event_timestamp", help="the entity rows' time (default: %(default)s)")
+    fg.add_argument("--out", help="write the result as Parquet here instead of listing the rows")
+    for p in fe_sub.choices.values():
+        p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     for name, p in sub.choices.items():
-        if name != "training-set":  # its actions take --json themselves
+        if name not in ("training-set", "features"):  # their actions take --json themselves
             p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     return parser
 
 
 COMMANDS = {"upload": cmd_upload, "status": cmd_status, "stats": cmd_stats, "list": cmd_list,
-            "training-set": cmd_training_set, "training-path": cmd_training_path}
+            "training-set": cmd_training_set, "training-path": cmd_training_path, "cleanup": cmd_cleanup,
+            "export": cmd_export, "verify-export": cmd_verify_export,
+            "features": cmd_features}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write("\n")
     else:
         _print_human(args.command, result)
+    if isinstance(result, dict) and result.get("ok") is False and result.get("error"):
+        # A check that found problems: the report is printed, and the exit code says so.
+        print(f"data-platform {args.command}: {result['error']}".splitlines()[0], file=sys.stderr)
+        return 1
     return 0
 
 

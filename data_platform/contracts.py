@@ -28,9 +28,9 @@ File format (a public interface; every key not listed here is rejected):
       max_failing_share: 0.2       # 0..1: above it the whole file is quarantined; default 0.5
       blocking: true               # failing asset checks block downstream; default true
     near_duplicates: flag          # flag | drop; default flag
-    retention:                     # all optional ints >= 0; null or absent = never
-      archive_after_uses: 3
-      archive_after_days: 90
+    retention:                     # each an int >= 0; absent = the platform default
+      archive_after_uses: 3        #   (DATA_PLATFORM_ARCHIVE_AFTER_USES, ...); null or
+      archive_after_days: 90       #   `never` = never (see data_platform.retention)
       deprecate_after_days: 180
       delete_after_days: 30        # grace period after deprecation
 
@@ -127,12 +127,18 @@ class ColumnSpec:
         return out
 
 
+# A retention limit written as `null` or `never`: the step never happens.
+NEVER = "never"
+
+
 @dataclass(frozen=True)
 class RetentionPolicy:
-    archive_after_uses: int | None = None
-    archive_after_days: int | None = None
-    deprecate_after_days: int | None = None
-    delete_after_days: int | None = None
+    """A contract's `retention` block: None where a key is absent (the platform default
+    applies), NEVER where it is null or `never`, else the limit."""
+    archive_after_uses: int | str | None = None
+    archive_after_days: int | str | None = None
+    deprecate_after_days: int | str | None = None
+    delete_after_days: int | str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,7 +186,9 @@ class Contract:
             "extra_columns": self.extra_columns,
             "validation": {"max_failing_share": self.max_failing_share, "blocking": self.blocking},
             "near_duplicates": self.near_duplicates,
-            "retention": {k: getattr(self.retention, k) for k in _RETENTION_KEYS},
+            # Absent keys stay absent, so the summary parses back to the same contract.
+            "retention": {k: getattr(self.retention, k) for k in _RETENTION_KEYS
+                          if getattr(self.retention, k) is not None},
         }
 
 
@@ -281,11 +289,12 @@ class _Parser:
             self.fail(field, f"expected a number, got {_show(value)}")
         return value
 
-    def count(self, value, field: str) -> int | None:
-        if value is None:
-            return None
+    def limit(self, value, field: str) -> int | str:
+        """A retention limit: an int >= 0, or null / `never` (NEVER)."""
+        if value is None or value == NEVER:
+            return NEVER
         if not isinstance(value, int) or isinstance(value, bool):
-            self.fail(field, f"expected an integer >= 0 or null, got {_show(value)}")
+            self.fail(field, f"expected an integer >= 0, null or never, got {_show(value)}")
         if value < 0:
             self.fail(field, f"must be >= 0, got {value}")
         return value
@@ -429,7 +438,8 @@ class _Parser:
             max_failing_share=float(share),
             blocking=self.boolean(validation.get("blocking", True), "validation.blocking"),
             near_duplicates=self.choice(doc.get("near_duplicates", "flag"), "near_duplicates", NEAR_DUPLICATES),
-            retention=RetentionPolicy(**{k: self.count(retention.get(k), f"retention.{k}") for k in _RETENTION_KEYS}),
+            retention=RetentionPolicy(**{k: self.limit(retention[k], f"retention.{k}")
+                                         for k in _RETENTION_KEYS if k in retention}),
             description=self.text(doc.get("description"), "description"),
             source=self.source,
         )
@@ -485,15 +495,70 @@ class ContractRegistry:
         # Names first: they become path segments and object keys.
         layout.check_name("tenant", tenant)
         layout.check_name("dataset", dataset)
+        found = self._document(tenant, dataset)
+        return parse_contract(found[1], tenant=tenant, dataset=dataset, source=found[0]) if found else None
+
+    def tenant_settings(self, tenant: str) -> "TenantSettings":
+        """The tenant's `_tenant.yaml` beside its contracts; the defaults when there is none."""
+        layout.check_name("tenant", tenant)
+        found = self._document(tenant, TENANT_SETTINGS)
+        return parse_tenant_settings(found[1], source=found[0]) if found else TenantSettings()
+
+    def _document(self, tenant: str, stem: str) -> tuple[str, bytes] | None:
+        """(source, bytes) of `{stem}.yaml|.yml` in the directory, else in the store."""
         if self.contracts_dir is not None:
             for suffix in SUFFIXES:
-                path = self.contracts_dir / tenant / f"{dataset}{suffix}"
+                path = self.contracts_dir / tenant / f"{stem}{suffix}"
                 if path.is_file():
-                    return load_contract_file(path, tenant=tenant, dataset=dataset)
+                    return str(path), path.read_bytes()
         if self.store is not None:
             for suffix in SUFFIXES:
-                key = contract_key(tenant, dataset, suffix)
+                key = f"{CONTRACTS_PREFIX}/{tenant}/{stem}{suffix}"
                 if self.store.exists(key):
-                    data = self.store.get_bytes(key)
-                    return parse_contract(data, tenant=tenant, dataset=dataset, source=key)
+                    return key, self.store.get_bytes(key)
         return None
+
+    def datasets(self) -> set[tuple[str, str]]:
+        """(tenant, dataset) of every contract file, from one directory walk and one
+        listing: a pass over many datasets (cleanup) calls `find` only for these."""
+        found: set[tuple[str, str]] = set()
+        if self.contracts_dir is not None and self.contracts_dir.is_dir():
+            for suffix in SUFFIXES:
+                found.update((p.parent.name, p.stem) for p in self.contracts_dir.glob(f"*/*{suffix}"))
+        if self.store is not None:
+            for info in self.store.list(CONTRACTS_PREFIX + "/"):
+                tenant, _, name = info.key[len(CONTRACTS_PREFIX) + 1:].partition("/")
+                if name.endswith(SUFFIXES):
+                    found.add((tenant, name.rsplit(".", 1)[0]))
+        return found
+
+
+# --- tenant settings ----------------------------------------------------------------
+# `_tenant.yaml` (or .yml) sits beside a tenant's contracts, in the directory or in the
+# store, found the same way; a dataset name cannot start with `_`, so it never collides:
+#
+#     export:
+#       format: parquet            # parquet | csv | jsonl: the weekly export's format
+#       enabled: true              # false: the weekly schedule skips the tenant
+
+TENANT_SETTINGS = "_tenant"
+EXPORT_FORMATS = ("parquet", "csv", "jsonl")
+
+
+@dataclass(frozen=True)
+class TenantSettings:
+    export_format: str = "parquet"
+    export_enabled: bool = True
+    source: str | None = None  # the file they came from; None = defaults
+
+
+def parse_tenant_settings(text: str | bytes, *, source: str) -> TenantSettings:
+    """Parse and check a `_tenant.yaml`; errors read `file: field: problem` like contracts'."""
+    parser = _Parser(source)
+    doc = parser.mapping(_or_empty(_load_yaml(text, source)), "(top level)", ("export",))
+    export = parser.mapping(_or_empty(doc.get("export")), "export", ("format", "enabled"))
+    return TenantSettings(
+        export_format=parser.choice(export.get("format", "parquet"), "export.format", EXPORT_FORMATS),
+        export_enabled=parser.boolean(export.get("enabled", True), "export.enabled"),
+        source=source,
+    )

@@ -2,22 +2,29 @@
 
 import dagster as dg
 
-from data_platform.defs.ingestion.assets import fresh_data, upload_statistics
+from data_platform.defs.exports.assets import ml_exports, ml_exports_job
+from data_platform.defs.exports.schedules import ml_exports_schedule
+from data_platform.defs.features.assets import feature_table_sensor, feature_tables
+from data_platform.defs.ingestion.assets import fresh_data
 from data_platform.defs.ingestion.sensors import ingest_job, landing_sensor
+from data_platform.defs.lifecycle.cleanup import cleanup, cleanup_job, cleanup_schedule
+from data_platform.defs.lifecycle.statistics import statistics_job, statistics_schedule, upload_statistics
+from data_platform.defs.lifecycle.training import training_set, used_data
 from data_platform.defs.io_manager import ObjectStoreIOManager
 from data_platform.defs.resources import CatalogResource, ObjectStoreResource
 
 object_store = ObjectStoreResource()
 
 statistics_automation = dg.AutomationConditionSensorDefinition(
-    "statistics_automation", target=[upload_statistics], default_status=dg.DefaultSensorStatus.RUNNING,
+    "statistics_automation", target=[upload_statistics, used_data], default_status=dg.DefaultSensorStatus.RUNNING,
     minimum_interval_seconds=30,
 )
 
 defs = dg.Definitions(
-    assets=[fresh_data, upload_statistics],
-    jobs=[ingest_job],
-    sensors=[landing_sensor, statistics_automation],
+    assets=[fresh_data, training_set, used_data, upload_statistics, cleanup, ml_exports, feature_tables],
+    jobs=[ingest_job, cleanup_job, statistics_job, ml_exports_job],
+    sensors=[landing_sensor, statistics_automation, feature_table_sensor],
+    schedules=[cleanup_schedule, statistics_schedule, ml_exports_schedule],
     resources={
         "object_store": object_store,
         "catalog": CatalogResource(),

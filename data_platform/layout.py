@@ -8,6 +8,7 @@ of forbidden forms before anything touches the store.
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import date
 
 LANDING = "landing"
 QUARANTINE = "quarantine"
@@ -123,6 +124,35 @@ TRAINING_SETS = "training_sets"
 def training_set_prefix(tenant: str, name: str, version: int) -> str:
     """One immutable snapshot; versions are zero-padded so they list in order."""
     return f"{TRAINING_SETS}/{check_name('tenant', tenant)}/{check_name('training set', name)}/v{version:04d}/"
+
+
+EXPORTS = "exports"
+WEEK_PATTERN = re.compile(r"(\d{4})-W(\d{2})")
+
+
+def check_week(week: str) -> str:
+    """An ISO week key, `2026-W47`: the week must exist (W53 only in long years)."""
+    found = WEEK_PATTERN.fullmatch(week) if isinstance(week, str) else None
+    if found:
+        try:
+            date.fromisocalendar(int(found.group(1)), int(found.group(2)), 1)
+            return week
+        except ValueError:
+            pass
+    raise InvalidKey(f"week {week!r} is not an ISO week such as 2026-W47")
+
+
+def export_prefix(tenant: str, week: str) -> str:
+    """One tenant's export of one ISO week; `manifest.json` there names the current parts."""
+    return f"{EXPORTS}/{check_name('tenant', tenant)}/{check_week(week)}/"
+
+
+FEATURES = "features"
+
+
+def feature_version_prefix(tenant: str, name: str, version: int) -> str:
+    """One immutable feature-table version; zero-padded so versions list in order."""
+    return f"{FEATURES}/{check_name('tenant', tenant)}/{check_name('feature table', name)}/v{version:04d}/"
 
 
 INDEX_KINDS = ("rows", "near_dup", "subjects")

@@ -10,6 +10,7 @@ from data_platform.contracts import (
     Contract,
     ContractError,
     ContractRegistry,
+    NEVER,
     RetentionPolicy,
     load_contract_file,
     parse_contract,
@@ -111,9 +112,20 @@ def test_defaults():
         False, None, None, None, None, None, False)
 
 
-def test_empty_sections_and_null_retention_mean_defaults():
-    c = parse(MINIMAL + "validation:\nretention:\n  archive_after_days: null\nprimary_key:\n")
+def test_empty_sections_mean_defaults():
+    c = parse(MINIMAL + "validation:\nretention:\nprimary_key:\n")
     assert (c.max_failing_share, c.blocking, c.retention, c.primary_key) == (0.5, True, RetentionPolicy(), ())
+
+
+def test_retention_absent_means_platform_default_null_or_never_means_never():
+    c = parse(MINIMAL + "retention:\n  archive_after_days: null\n  deprecate_after_days: never\n"
+                        "  delete_after_days: 0\n")
+    # archive_after_uses is absent: None, the platform default applies (data_platform.retention).
+    assert c.retention == RetentionPolicy(archive_after_uses=None, archive_after_days=NEVER,
+                                          deprecate_after_days=NEVER, delete_after_days=0)
+    summary = c.to_dict()["retention"]
+    assert summary == {"archive_after_days": "never", "deprecate_after_days": "never", "delete_after_days": 0}
+    assert parse(MINIMAL + f"retention: {json.dumps(summary)}\n").retention == c.retention
 
 
 def test_bytes_input():
@@ -217,6 +229,8 @@ COL = "version: 1\ncolumns:\n  c: {%s}\n"
     (MINIMAL + "retention: {delete_after_days: -30}\n", "retention.delete_after_days"),
     (MINIMAL + "retention: {archive_after_uses: 1.5}\n", "retention.archive_after_uses"),
     (MINIMAL + "retention: {deprecate_after_days: '180'}\n", "retention.deprecate_after_days"),
+    (MINIMAL + "retention: {deprecate_after_days: forever}\n", "retention.deprecate_after_days"),
+    (MINIMAL + "retention: {archive_after_uses: true}\n", "retention.archive_after_uses"),
     (MINIMAL + "retention: {keep_forever: true}\n", "retention.keep_forever"),
     (MINIMAL + "retention: 90\n", "retention"),
     (MINIMAL + "description: [x]\n", "description"),
@@ -310,6 +324,18 @@ def test_directory_wins_over_store(tmp_path):
     (tmp_path / "contracts" / "acme" / "tickets.yml").write_text("version: from-dir\ncolumns: {a: {type: string}}\n")
     assert ContractRegistry(tmp_path / "contracts", store).find("acme", "tickets").version == "from-dir"
     assert ContractRegistry(None, store).find("acme", "tickets").version == "from-store"
+
+
+def test_registry_lists_the_datasets_that_have_a_contract(tmp_path):
+    store = LocalObjectStore(tmp_path / "objects")
+    store.put_bytes("_platform/contracts/acme/tickets.yaml", b"version: 1\ncolumns: {a: {type: string}}\n")
+    store.put_bytes("_platform/contracts/globex/events.yml", b"version: 1\ncolumns: {a: {type: string}}\n")
+    store.put_bytes("_platform/contracts/globex/notes.txt", b"not a contract")
+    (tmp_path / "contracts" / "initech").mkdir(parents=True)
+    (tmp_path / "contracts" / "initech" / "logs.yaml").write_text("version: 1\ncolumns: {a: {type: string}}\n")
+    assert ContractRegistry(tmp_path / "contracts", store).datasets() == {
+        ("acme", "tickets"), ("globex", "events"), ("initech", "logs")}
+    assert ContractRegistry(None, None).datasets() == set()
 
 
 def test_invalid_file_raises_rather_than_being_skipped(tmp_path):

@@ -14,12 +14,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from data_platform import layout
+from data_platform.catalog.schema import tombstones  # retention
+from data_platform.catalog.schema import feature_definitions, feature_version_sources, feature_versions  # features
 from data_platform.catalog.schema import (
     VERSION_TABLE, audit_log, contents, datasets, index_runs, metadata, training_set_files, training_sets, uploads,
     usages,
@@ -235,6 +238,107 @@ def _iso(value: datetime | None) -> str | None:
 def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+class RetentionRow(NamedTuple):
+    """What cleanup reads of an upload (see `Catalog.retention_rows`)."""
+    id: int
+    tenant: str | None
+    dataset: str | None
+    landing_key: str
+    state: str
+    object_key: str | None
+    uses: int
+    ingested_at: datetime | None
+    state_since: datetime | None
+    size: int
+    rows: int | None
+    quarantined_rows: int | None
+    tombstoned: bool
+    held: bool  # by a training set still `building`: its build reads the data/ object
+
+
+@dataclass(frozen=True)
+class RetentionMove:
+    """One retention transition to make; reason and detail go to the audit log."""
+    upload_id: int
+    from_state: str
+    reason: str
+    detail: dict | None = None
+
+
+@dataclass(frozen=True)
+class DeletedUpload:
+    """An upload the delete transaction took to `deleted`: what its bytes were."""
+    upload_id: int
+    tenant: str | None
+    dataset: str | None
+    from_state: str
+    object_key: str | None
+    quarantined_rows: int | None
+    index_keys: tuple[str, ...]
+
+
+# Feature-version states (see schema.feature_versions); BUILDING and COMPLETE as above.
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class FeatureDefinitionRecord:
+    """One revision of a feature table's definition, as registered (see data_platform.features)."""
+    id: int
+    tenant: str
+    name: str
+    revision: int
+    definition: dict
+    definition_sha256: str
+    owner: str | None
+    description: str | None
+    created_at: datetime
+    created_by: str
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> "FeatureDefinitionRecord":
+        values = dict(row._mapping)
+        values["definition"] = json.loads(values["definition"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class FeatureVersion:
+    """One materialisation of a feature table (see schema.feature_versions)."""
+    id: int
+    tenant: str
+    name: str
+    version: int
+    definition_id: int
+    revision: int
+    state: str
+    prefix: str
+    code_version: str
+    rows: int | None
+    bytes: int | None
+    schema: list | None
+    manifest_sha256: str | None
+    created_at: datetime
+    created_by: str
+    completed_at: datetime | None
+    detail: str | None
+
+    @classmethod
+    def from_row(cls, row: sa.Row) -> "FeatureVersion":
+        values = dict(row._mapping)
+        values["schema"] = json.loads(values["schema"]) if values["schema"] else None
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant, "name": self.name, "version": self.version, "revision": self.revision,
+            "state": self.state, "prefix": self.prefix, "manifest_key": f"{self.prefix}manifest.json",
+            "manifest_sha256": self.manifest_sha256, "rows": self.rows, "bytes": self.bytes, "schema": self.schema,
+            "code_version": self.code_version, "created_by": self.created_by, "created_at": _iso(self.created_at),
+            "completed_at": _iso(self.completed_at), "detail": _json_or_text(self.detail),
+        }
 
 
 class Catalog:
@@ -780,6 +884,339 @@ class Catalog:
             ).all()
         return [_index_run(r) for r in found]
 
+    # -- retention -------------------------------------------------------------------
+
+    def retention_rows(self, tenant: str | None = None) -> list[RetentionRow]:
+        """Every upload (of one tenant) with only what cleanup reads: state, object key,
+        clocks, uses, whether a tombstone exists and whether a building training set
+        holds it. The uploads in other states are there for the orphan sweep (a data/
+        object of a deleted upload). Plain tuples: 100,000 uploads read in ~0.5 s."""
+        query = (
+            sa.select(uploads.c.id, uploads.c.tenant, uploads.c.dataset, uploads.c.landing_key, uploads.c.state,
+                      uploads.c.object_key, uploads.c.uses, uploads.c.ingested_at, uploads.c.state_since,
+                      uploads.c.size, uploads.c.rows, uploads.c.quarantined_rows,
+                      tombstones.c.upload_id.is_not(None))
+            .outerjoin(tombstones, tombstones.c.upload_id == uploads.c.id)
+            .order_by(uploads.c.id)
+        )
+        if tenant is not None:
+            query = query.where(uploads.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            held = set(conn.execute(_held_by_building_sets()).scalars())
+            return [RetentionRow(*r[:12], bool(r[12]), r[0] in held) for r in conn.execute(query)]
+
+    def registered_index_keys(self, tenant: str | None = None) -> set[str]:
+        query = sa.select(index_runs.c.object_key)
+        if tenant is not None:
+            query = query.join(datasets, datasets.c.id == index_runs.c.dataset_id).where(datasets.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return set(conn.execute(query).scalars())
+
+    def released_training_set_prefixes(self, tenant: str | None = None) -> list[str]:
+        """Prefixes of training sets whose build was given up: their objects are leftovers."""
+        query = sa.select(training_sets.c.prefix).where(training_sets.c.state == RELEASED)
+        if tenant is not None:
+            query = query.where(training_sets.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(query).scalars())
+
+    def referenced_keys(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` that the catalog still points at: the object of an ingested
+        upload or a registered index run (checked again just before an orphan goes)."""
+        out: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(keys)), 500):
+                out.update(conn.execute(sa.select(uploads.c.object_key).where(
+                    uploads.c.object_key.in_(chunk), uploads.c.state.in_(sorted(INGESTED)))).scalars())
+                out.update(conn.execute(sa.select(index_runs.c.object_key).where(
+                    index_runs.c.object_key.in_(chunk))).scalars())
+        return out
+
+    def archive(self, moves: Sequence[RetentionMove], *, actor: str, now: datetime | None = None) -> list[int]:
+        """fresh/used -> archived, object_key data/... -> archive/..., in one transaction.
+        An upload moves only if it is still in its `from_state`, still at its data/ key
+        and held by no building training set; returns the ids that moved."""
+        now = now or utcnow()
+        data, archive = f"{layout.DATA}/", f"{layout.ARCHIVE}/"
+        moved: list[int] = []
+        with self.engine.begin() as conn:
+            for (from_state, reason, detail), ids in _move_groups(moves):
+                for chunk in _chunks(ids, 500):
+                    # The first write (SQLite's write lock, PostgreSQL's row locks), so what
+                    # follows sees the latest commit.
+                    rekeyed = conn.execute(
+                        uploads.update()
+                        .where(uploads.c.id.in_(chunk), uploads.c.state == from_state,
+                               uploads.c.object_key.startswith(data), uploads.c.id.not_in(_held_by_building_sets()))
+                        .values(object_key=sa.literal(archive)
+                                + sa.func.substr(uploads.c.object_key, len(data) + 1, type_=sa.String))
+                        .returning(uploads.c.id)
+                    ).scalars().all()
+                    moved += self._move(conn, rekeyed, from_state=from_state, to_state=ARCHIVED, actor=actor,
+                                        reason=reason, detail=detail, now=now)
+        return sorted(moved)
+
+    def deprecate(self, moves: Sequence[RetentionMove], *, actor: str, now: datetime | None = None) -> list[int]:
+        """archived -> deprecated (catalog only: the data stays readable), in one transaction."""
+        now = now or utcnow()
+        moved: list[int] = []
+        with self.engine.begin() as conn:
+            for (from_state, reason, detail), ids in _move_groups(moves):
+                movable = self._lock_movable(conn, ids, from_state, now)
+                moved += self._move(conn, movable, from_state=from_state, to_state=DEPRECATED, actor=actor,
+                                    reason=reason, detail=detail, now=now)
+        return sorted(moved)
+
+    def delete_uploads(self, moves: Sequence[RetentionMove], *, actor: str,
+                       now: datetime | None = None) -> list[DeletedUpload]:
+        """deprecated or quarantined -> deleted, in one transaction: the state (object_key
+        cleared), a tombstone each (who, when, why, what the bytes were), the upload's
+        index runs and content-index entry dropped (the same bytes uploaded again are new
+        data). Returns what deleting the bytes needs; the caller deletes them after."""
+        now = now or utcnow()
+        out: list[DeletedUpload] = []
+        with self.engine.begin() as conn:
+            for (from_state, reason, detail), ids in _move_groups(moves):
+                movable = self._lock_movable(conn, ids, from_state, now)
+                for chunk in _chunks(movable, 500):
+                    rows = conn.execute(sa.select(uploads).where(uploads.c.id.in_(chunk))).all()
+                    moved = set(self._move(conn, chunk, from_state=from_state, to_state=DELETED, actor=actor,
+                                           reason=reason, detail=detail, now=now, object_key=None))
+                    rows = [r for r in rows if r.id in moved]
+                    if not rows:
+                        continue
+                    conn.execute(tombstones.insert(), [
+                        {"upload_id": r.id, "tenant": r.tenant, "dataset": r.dataset, "landing_key": r.landing_key,
+                         "object_key": r.object_key, "sha256": r.sha256, "size": r.size, "rows": r.rows,
+                         "from_state": from_state, "deleted_at": now, "deleted_by": actor, "reason": reason}
+                        for r in rows])
+                    ids_moved = [r.id for r in rows]
+                    runs: dict[int, list[str]] = {}
+                    for upload_id, key in conn.execute(sa.select(index_runs.c.upload_id, index_runs.c.object_key)
+                                                       .where(index_runs.c.upload_id.in_(ids_moved))):
+                        runs.setdefault(upload_id, []).append(key)
+                    conn.execute(index_runs.delete().where(index_runs.c.upload_id.in_(ids_moved)))
+                    conn.execute(contents.delete().where(contents.c.upload_id.in_(ids_moved)))
+                    out += [DeletedUpload(r.id, r.tenant, r.dataset, from_state, r.object_key, r.quarantined_rows,
+                                          tuple(sorted(runs.get(r.id, ())))) for r in rows]
+        return sorted(out, key=lambda d: d.upload_id)
+
+    def _lock_movable(self, conn: Connection, ids: Sequence[int], from_state: str, now: datetime) -> list[int]:
+        """Those of `ids` still in `from_state` and held by no building training set,
+        locked by a first write (as in `archive`)."""
+        out: list[int] = []
+        for chunk in _chunks(list(ids), 500):
+            out += conn.execute(
+                uploads.update()
+                .where(uploads.c.id.in_(chunk), uploads.c.state == from_state,
+                       uploads.c.id.not_in(_held_by_building_sets()))
+                .values(updated_at=now).returning(uploads.c.id)
+            ).scalars().all()
+        return sorted(out)
+
+    def tombstones(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        """What is left of deleted uploads: who deleted each, when, why, and what it was."""
+        query = sa.select(tombstones).order_by(tombstones.c.upload_id)
+        if tenant is not None:
+            query = query.where(tombstones.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def recent_in_state(self, state: str, *, tenant: str | None = None, limit: int = 200) -> list[Upload]:
+        """The uploads that entered `state` most recently (a bounded table for the UI)."""
+        query = sa.select(uploads).where(uploads.c.state == state).order_by(
+            uploads.c.state_since.desc(), uploads.c.id.desc()).limit(limit)
+        if tenant is not None:
+            query = query.where(uploads.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return [Upload.from_row(r) for r in conn.execute(query)]
+
+    # -- feature store ------------------------------------------------------------------
+    # Every read takes the tenant: a name is only ever looked up within one tenant.
+
+    def register_feature_definition(self, *, tenant: str, name: str, definition: dict, owner: str | None,
+                                    description: str | None, actor: str,
+                                    now: datetime | None = None) -> tuple[FeatureDefinitionRecord, bool]:
+        """Add `definition` as the next revision of (tenant, name), unless it equals the
+        latest revision already: returns (the latest revision, whether it was added).
+
+        One INSERT ... SELECT decides and numbers (SQLite: the write lock comes first);
+        on PostgreSQL registrations of one name also take turns on an advisory lock, and
+        the unique (tenant, name, revision) is the last guard (a collision retries)."""
+        text = json.dumps(definition, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        now = now or utcnow()
+        fd = feature_definitions
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    self._name_lock(conn, f"feature_definition/{tenant}/{name}")
+                    of_name = (fd.c.tenant == tenant, fd.c.name == name)
+                    latest = (sa.select(fd.c.definition_sha256).where(*of_name).order_by(fd.c.revision.desc())
+                              .limit(1).scalar_subquery())
+                    next_revision = (sa.select(sa.func.coalesce(sa.func.max(fd.c.revision), 0) + 1)
+                                     .where(*of_name).scalar_subquery())
+                    source = sa.select(
+                        sa.literal(tenant, sa.String), sa.literal(name, sa.String), next_revision,
+                        sa.literal(text, sa.Text), sa.literal(digest, sa.String), sa.literal(owner, sa.String),
+                        sa.literal(description, sa.Text), sa.literal(now, sa.DateTime), sa.literal(actor, sa.String),
+                    ).where(sa.or_(latest.is_(None), latest != digest))
+                    cols = ["tenant", "name", "revision", "definition", "definition_sha256", "owner", "description",
+                            "created_at", "created_by"]
+                    added = conn.execute(fd.insert().from_select(cols, source).returning(fd.c.id)).scalar()
+                    row = conn.execute(sa.select(fd).where(*of_name).order_by(fd.c.revision.desc()).limit(1)).one()
+                    return FeatureDefinitionRecord.from_row(row), added is not None
+            except sa.exc.IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _name_lock(self, conn: Connection, what: str) -> None:
+        # PostgreSQL: writers of one name take turns until commit (held only for an insert).
+        if self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(what.encode()).digest()[:8], "big", signed=True)
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    def feature_definition(self, tenant: str, name: str, revision: int | None = None,
+                           ) -> FeatureDefinitionRecord | None:
+        """The latest revision of the tenant's definition (or the one asked for)."""
+        fd = feature_definitions
+        query = sa.select(fd).where(fd.c.tenant == tenant, fd.c.name == name)
+        query = (query.where(fd.c.revision == revision) if revision is not None
+                 else query.order_by(fd.c.revision.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return FeatureDefinitionRecord.from_row(row) if row else None
+
+    def feature_definitions(self, tenant: str) -> list[FeatureDefinitionRecord]:
+        """The latest revision of each of the tenant's feature tables, by name."""
+        fd = feature_definitions
+        newest = (sa.select(fd.c.name, sa.func.max(fd.c.revision).label("revision"))
+                  .where(fd.c.tenant == tenant).group_by(fd.c.name).subquery())
+        query = (sa.select(fd).join(newest, sa.and_(fd.c.name == newest.c.name, fd.c.revision == newest.c.revision))
+                 .where(fd.c.tenant == tenant).order_by(fd.c.name))
+        with self.engine.connect() as conn:
+            return [FeatureDefinitionRecord.from_row(r) for r in conn.execute(query)]
+
+    def feature_table_heads(self) -> list[tuple[FeatureDefinitionRecord, int | None]]:
+        """Every tenant's feature tables (latest revision) with the revision their newest
+        building or complete version was built from (None: never built). For the
+        platform's sensor only; tenant-facing reads go through the methods above."""
+        fd, fv = feature_definitions, feature_versions
+        newest = (sa.select(fd.c.tenant, fd.c.name, sa.func.max(fd.c.revision).label("revision"))
+                  .group_by(fd.c.tenant, fd.c.name).subquery())
+        heads = (sa.select(fd).join(newest, sa.and_(fd.c.tenant == newest.c.tenant, fd.c.name == newest.c.name,
+                                                    fd.c.revision == newest.c.revision))
+                 .order_by(fd.c.tenant, fd.c.name))
+        built = (sa.select(fv.c.tenant, fv.c.name, sa.func.max(fd.c.revision))
+                 .join(fd, fd.c.id == fv.c.definition_id).where(fv.c.state.in_([BUILDING, COMPLETE]))
+                 .group_by(fv.c.tenant, fv.c.name))
+        with self.engine.connect() as conn:
+            revisions = {(t, n): r for t, n, r in conn.execute(built)}
+            return [(FeatureDefinitionRecord.from_row(r), revisions.get((r.tenant, r.name)))
+                    for r in conn.execute(heads)]
+
+    def start_feature_version(self, definition: FeatureDefinitionRecord, *, prefix_of: Callable[[int], str],
+                              code_version: str, actor: str, now: datetime | None = None) -> FeatureVersion:
+        """The next version of the feature table, `building`. Numbered by the inserting
+        statement itself (as training sets are), so two builds never share a number."""
+        now = now or utcnow()
+        fv = feature_versions
+        tenant, name = definition.tenant, definition.name
+        for attempt in range(5):
+            try:
+                with self.engine.begin() as conn:
+                    self._name_lock(conn, f"feature_version/{tenant}/{name}")
+                    next_version = (sa.select(sa.func.coalesce(sa.func.max(fv.c.version), 0) + 1)
+                                    .where(fv.c.tenant == tenant, fv.c.name == name).scalar_subquery())
+                    source = sa.select(
+                        sa.literal(tenant, sa.String), sa.literal(name, sa.String), next_version,
+                        sa.literal(definition.id, sa.BigInteger), sa.literal(BUILDING, sa.String),
+                        sa.literal("", sa.String), sa.literal(code_version, sa.String), sa.literal(now, sa.DateTime),
+                        sa.literal(actor, sa.String))
+                    cols = ["tenant", "name", "version", "definition_id", "state", "prefix", "code_version",
+                            "created_at", "created_by"]
+                    version_id, number = conn.execute(
+                        fv.insert().from_select(cols, source).returning(fv.c.id, fv.c.version)).one()
+                    conn.execute(fv.update().where(fv.c.id == version_id).values(prefix=prefix_of(number)))
+                    return self._feature_version(conn, tenant, version_id=version_id)
+            except sa.exc.IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def complete_feature_version(self, version: FeatureVersion, *, rows: int, size: int, schema: list,
+                                 manifest_sha256: str, sources: Sequence[dict], detail: dict | None = None,
+                                 now: datetime | None = None) -> FeatureVersion:
+        """`building` -> `complete` with its figures and source files, in one transaction
+        (refused if the version is not building: a complete version never changes)."""
+        now = now or utcnow()
+        fv = feature_versions
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                fv.update().where(fv.c.id == version.id, fv.c.tenant == version.tenant, fv.c.state == BUILDING)
+                .values(state=COMPLETE, rows=rows, bytes=size, schema=json.dumps(schema),
+                        manifest_sha256=manifest_sha256, completed_at=now,
+                        detail=json.dumps(detail, sort_keys=True) if detail is not None else None)
+                .returning(fv.c.id)).scalar()
+            if done is None:
+                raise TransitionConflict(f"feature version {version.name}/v{version.version} is not building")
+            if sources:
+                conn.execute(feature_version_sources.insert(), [
+                    {"version_id": version.id, "upload_id": s["upload_id"], "sha256": s["sha256"],
+                     "object_key": s["object_key"], "rows": s["rows"]} for s in sources])
+            return self._feature_version(conn, version.tenant, version_id=version.id)
+
+    def fail_feature_version(self, version: FeatureVersion, *, error: str, now: datetime | None = None) -> None:
+        """`building` -> `failed`: the number stays used; its objects are leftovers."""
+        fv = feature_versions
+        with self.engine.begin() as conn:
+            conn.execute(fv.update().where(fv.c.id == version.id, fv.c.state == BUILDING).values(
+                state=FAILED, completed_at=now or utcnow(), detail=json.dumps({"error": error})))
+
+    def feature_version(self, tenant: str, name: str, version: int | None = None) -> FeatureVersion | None:
+        """Version `version` of the tenant's feature table in any state, or with None the
+        latest complete one."""
+        with self.engine.connect() as conn:
+            if version is None:
+                return self._feature_version(conn, tenant, name=name, state=COMPLETE)
+            return self._feature_version(conn, tenant, name=name, version=version)
+
+    def feature_versions(self, tenant: str, name: str | None = None,
+                         state: str | None = None) -> list[FeatureVersion]:
+        query = _feature_version_query().where(feature_versions.c.tenant == tenant)
+        if name is not None:
+            query = query.where(feature_versions.c.name == name)
+        if state is not None:
+            query = query.where(feature_versions.c.state == state)
+        with self.engine.connect() as conn:
+            return [FeatureVersion.from_row(r) for r in conn.execute(
+                query.order_by(feature_versions.c.name, feature_versions.c.version))]
+
+    def feature_version_sources(self, version: FeatureVersion) -> list[dict[str, Any]]:
+        fvs, fv = feature_version_sources, feature_versions
+        query = (sa.select(fvs.c.upload_id, fvs.c.sha256, fvs.c.object_key, fvs.c.rows)
+                 .join(fv, fv.c.id == fvs.c.version_id)
+                 .where(fv.c.id == version.id, fv.c.tenant == version.tenant).order_by(fvs.c.upload_id))
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def _feature_version(self, conn: Connection, tenant: str, *, version_id: int | None = None,
+                         name: str | None = None, version: int | None = None,
+                         state: str | None = None) -> FeatureVersion | None:
+        fv = feature_versions
+        query = _feature_version_query().where(fv.c.tenant == tenant)
+        if version_id is not None:
+            query = query.where(fv.c.id == version_id)
+        if name is not None:
+            query = query.where(fv.c.name == name)
+        if version is not None:
+            query = query.where(fv.c.version == version)
+        if state is not None:
+            query = query.where(fv.c.state == state)
+        row = conn.execute(query.order_by(fv.c.version.desc()).limit(1)).first()
+        return FeatureVersion.from_row(row) if row else None
+
     # -- queries -------------------------------------------------------------------
 
     def get(self, upload_id: int) -> Upload | None:
@@ -850,6 +1287,27 @@ def _no_fresh_message(tenant: str, filters: dict) -> str:
             + ": every matching file is already used by a training set, or nothing was ingested yet")
 
 
+def _held_by_building_sets() -> sa.Select:
+    """Ids of the uploads a training set still `building` holds (its build reads them)."""
+    return (sa.select(training_set_files.c.upload_id)
+            .join(training_sets, training_sets.c.id == training_set_files.c.training_set_id)
+            .where(training_sets.c.state == BUILDING))
+
+
+def _move_groups(moves: Sequence[RetentionMove]) -> list[tuple[tuple[str, str, dict | None], list[int]]]:
+    """Moves grouped by (from_state, reason, detail): `_move` writes one audit text per group."""
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for m in moves:
+        groups.setdefault((m.from_state, m.reason, json.dumps(m.detail, sort_keys=True)), []).append(m.upload_id)
+    return [((s, r, json.loads(d)), sorted(ids)) for (s, r, d), ids in groups.items()]
+
+
+def _feature_version_query() -> sa.Select:
+    """Feature versions with the revision of the definition each was built from."""
+    return (sa.select(feature_versions, feature_definitions.c.revision)
+            .join(feature_definitions, feature_definitions.c.id == feature_versions.c.definition_id))
+
+
 def _index_run(row: sa.Row) -> IndexRun:
     return IndexRun(id=row.id, dataset_id=row.dataset_id, kind=row.kind, upload_id=row.upload_id,
                     object_key=row.object_key, entries=row.entries)
@@ -889,7 +1347,8 @@ def _make_engine(url: str) -> Engine:
 
 
 __all__ = [
-    "Catalog", "Upload", "Identity", "TrainingSet", "NoFreshData", "BUILDING", "COMPLETE", "RELEASED", "TransitionConflict", "DuplicateContent", "IndexChanged", "IndexRun", "StagedRun", "STATES", "SETTLED", "INGESTED",
+    "FeatureDefinitionRecord", "FeatureVersion", "FAILED",
+    "Catalog", "Upload", "Identity", "RetentionRow", "RetentionMove", "DeletedUpload", "TrainingSet", "NoFreshData", "BUILDING", "COMPLETE", "RELEASED", "TransitionConflict", "DuplicateContent", "IndexChanged", "IndexRun", "StagedRun", "STATES", "SETTLED", "INGESTED",
     "LANDING", "FRESH", "USED", "ARCHIVED", "DEPRECATED", "DELETED", "QUARANTINED", "DUPLICATE", "metadata",
     "utcnow",
 ]
