@@ -517,6 +517,14 @@ class Catalog:
             detail=json.dumps(detail, sort_keys=True) if detail else None,
         ))
 
+    def _name_lock(self, conn: Connection, what: str) -> None:
+        """PostgreSQL: writers of one name (a training set's or feature table's next
+        version) take turns until commit; held only for a short insert. SQLite needs
+        none: its writers are serialised by the database lock."""
+        if self.engine.dialect.name == "postgresql":
+            key = int.from_bytes(hashlib.sha256(what.encode()).digest()[:8], "big", signed=True)
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
     def _move(self, conn: Connection, upload_ids: Sequence[int], *, from_state: str, to_state: str, actor: str,
               reason: str | None = None, detail: dict | None = None, now: datetime | None = None,
               **values: Any) -> list[int]:
@@ -667,9 +675,7 @@ class Catalog:
         # INSERT ... SELECT: the version is computed by the writing statement itself, so on
         # SQLite the write lock comes first. On PostgreSQL builds of one name take turns on
         # an advisory lock until commit (the claim is short), so versions never collide.
-        if self.engine.dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(f"training_set/{tenant}/{name}".encode()).digest()[:8], "big", signed=True)
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        self._name_lock(conn, f"training_set/{tenant}/{name}")
         next_version = (sa.select(sa.func.coalesce(sa.func.max(training_sets.c.version), 0) + 1)
                         .where(training_sets.c.tenant == tenant, training_sets.c.name == name).scalar_subquery())
         source = sa.select(
@@ -1070,12 +1076,6 @@ class Catalog:
                 if attempt == 4:
                     raise
         raise AssertionError("unreachable")
-
-    def _name_lock(self, conn: Connection, what: str) -> None:
-        # PostgreSQL: writers of one name take turns until commit (held only for an insert).
-        if self.engine.dialect.name == "postgresql":
-            key = int.from_bytes(hashlib.sha256(what.encode()).digest()[:8], "big", signed=True)
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
     def feature_definition(self, tenant: str, name: str, revision: int | None = None,
                            ) -> FeatureDefinitionRecord | None:
