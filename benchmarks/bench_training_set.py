@@ -159,6 +159,7 @@ def main(argv=None) -> int:
     ap.add_argument("--files", type=int, default=10)
     ap.add_argument("--file-mb", type=float, default=100)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--out", default=str(RESULTS_DIR / "training_set.json"))
     ap.add_argument("--child")
     ap.add_argument("--out-json")
     ap.add_argument("paths", nargs="*")
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
     report = {"machine": machine_info(), "inputs": [str(p) for p in paths],
               "input_bytes": sum(p.stat().st_size for p in paths), "runs": runs, "targets": targets,
               "ok": all(t["ok"] for t in targets)}
-    return finish(report, targets, str(RESULTS_DIR / "training_set.json"))
+    return finish(report, targets, args.out)
 
 
 if __name__ == "__main__":

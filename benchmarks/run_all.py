@@ -37,6 +37,7 @@ def main(argv=None) -> int:
         ("cleanup", "bench_cleanup.py", ["--uploads", "10000"] if args.quick else []),
         ("features", "bench_features.py", ["--entities", "100000", "--entity-rows", "100000"] if args.quick else []),
         ("export", "bench_export.py", ["--files", "2", "--file-mb", "20"] if args.quick else []),
+        ("training_set", "bench_training_set.py", ["--files", "2", "--file-mb", "20"] if args.quick else []),
     ]
     if args.with_rejects:
         plan.append(("rejects", "bench_rejects.py", ["--mb", "50"] if args.quick else []))
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
         report = json.loads(out.read_text())
         ok &= report["ok"] and codes[name] == 0
         print(f"\n[{name}] {'all targets met' if report['ok'] else 'TARGET(S) MISSED'}  ({out})")
-        if name in ("ingest", "rejects", "export"):
+        if name in ("ingest", "rejects", "export", "training_set"):
             print(table(["contender", "input MB", "seconds", "MB/s", "peak RSS MB"],
                         [[r.get("scenario", r["contender"]), f"{r['input_mb']:.0f}", r.get("seconds", "-"),
                           r.get("mb_per_s", "-"), r.get("peak_rss_mb", "-")] for r in report["runs"]]))
