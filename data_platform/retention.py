@@ -59,6 +59,7 @@ SUPERSEDED = "superseded"  # the data/ object of an upload already archived
 ORPHAN_OBJECT = "orphan_object"  # under data/, archive/ or quarantine/, and no upload refers to it
 ORPHAN_INDEX_RUN = "orphan_index_run"  # under _platform/indexes/, not registered
 RELEASED_TRAINING_SET = "released_training_set"  # a training set whose build was given up
+FAILED_FEATURE_VERSION = "failed_feature_version"  # a feature version whose build failed
 TEMPORARY_FILE = "temporary_file"  # the local store's .tmp/ leftovers
 ABANDONED_MULTIPART_UPLOAD = "abandoned_multipart_upload"
 
@@ -356,6 +357,9 @@ def _expired_objects(catalog: Catalog, store: ObjectStore, rows: list[RetentionR
     for info in _listing(store, catalog.released_training_set_prefixes(tenant)):
         if old(info.last_modified):
             expire(info, RELEASED_TRAINING_SET, None)
+    for info in _listing(store, catalog.failed_feature_version_prefixes(tenant)):
+        if old(info.last_modified):
+            expire(info, FAILED_FEATURE_VERSION, None)
 
     if tenant is None:  # unfinished writes belong to no tenant: a whole-platform pass takes them
         for write in store.incomplete_writes():

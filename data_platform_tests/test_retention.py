@@ -16,7 +16,8 @@ from data_platform.catalog import (
     ARCHIVED, BUILDING, COMPLETE, DELETED, DEPRECATED, FRESH, INGESTED, LANDING, QUARANTINED, RELEASED, USED, utcnow,
 )
 from data_platform.catalog.schema import (
-    audit_log, contents, index_runs, tombstones, training_set_files, training_sets, uploads,
+    audit_log, contents, feature_definitions, feature_versions, index_runs, tombstones, training_set_files,
+    training_sets, uploads,
 )
 from data_platform.contracts import NEVER, ContractRegistry, RetentionPolicy
 from data_platform.retention import (
@@ -385,6 +386,17 @@ def test_orphans_and_leftovers_expire_only_when_older_than_the_threshold(store, 
             conn.execute(training_sets.insert().values(
                 tenant="acme", name="churn", version=version, state=state, filters="{}", consumer="t",
                 created_by="t", prefix=f"training_sets/acme/churn/v{version:04d}/", created_at=utcnow()))
+    store.put_bytes("features/acme/clicks/v0001/part-00000.parquet", b"a build that failed")
+    store.put_bytes("features/acme/clicks/v0002/part-00000.parquet", b"complete")
+    with catalog.engine.begin() as conn:
+        definition_id = conn.execute(feature_definitions.insert().values(
+            tenant="acme", name="clicks", revision=1, definition="{}", definition_sha256="0" * 64,
+            created_at=utcnow(), created_by="t")).inserted_primary_key[0]
+        for version, state in ((1, "failed"), (2, COMPLETE)):
+            conn.execute(feature_versions.insert().values(
+                tenant="acme", name="clicks", version=version, definition_id=definition_id, state=state,
+                prefix=f"features/acme/clicks/v{version:04d}/", code_version="t", created_at=utcnow(),
+                created_by="t"))
     unfinished = _unfinished_write(store)
     kept = set(listing(store)) - _orphans()
 
@@ -399,9 +411,10 @@ def test_orphans_and_leftovers_expire_only_when_older_than_the_threshold(store, 
         "_platform/indexes/rows/acme/tickets/upload-0000009997.parquet": "orphan_index_run",
         "quarantine/acme/tickets/upload-0000009996/report.json": "orphan_object",
         "training_sets/acme/churn/v0001/part-0000.parquet": "released_training_set",
+        "features/acme/clicks/v0001/part-00000.parquet": "failed_feature_version",
         unfinished[0]: unfinished[1],
     }
-    assert result.expired_deleted == 6
+    assert result.expired_deleted == 7
     assert set(listing(store)) == kept
     assert list(store.incomplete_writes()) == []
     assert catalog.get(live.id).state == FRESH
@@ -412,7 +425,7 @@ def _orphans() -> set[str]:
     return {"data/acme/tickets/upload-0000009999.parquet", "archive/acme/tickets/upload-0000009998.parquet",
             "_platform/indexes/rows/acme/tickets/upload-0000009997.parquet",
             "quarantine/acme/tickets/upload-0000009996/report.json",
-            "training_sets/acme/churn/v0001/part-0000.parquet"}
+            "training_sets/acme/churn/v0001/part-0000.parquet", "features/acme/clicks/v0001/part-00000.parquet"}
 
 
 def _unfinished_write(store) -> tuple[str, str]:

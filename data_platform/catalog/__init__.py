@@ -926,6 +926,15 @@ class Catalog:
         with self.engine.connect() as conn:
             return sorted(conn.execute(query).scalars())
 
+    def failed_feature_version_prefixes(self, tenant: str | None = None) -> list[str]:
+        """Prefixes of feature versions whose build failed: their objects are leftovers
+        (the number is never reused, so nothing will write there again)."""
+        query = sa.select(feature_versions.c.prefix).where(feature_versions.c.state == FAILED)
+        if tenant is not None:
+            query = query.where(feature_versions.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return sorted(conn.execute(query).scalars())
+
     def referenced_keys(self, keys: Sequence[str]) -> set[str]:
         """Those of `keys` that the catalog still points at: the object of an ingested
         upload or a registered index run (checked again just before an orphan goes)."""
