@@ -530,7 +530,8 @@ class ContractRegistry:
                 tenant, _, name = info.key[len(CONTRACTS_PREFIX) + 1:].partition("/")
                 if name.endswith(SUFFIXES):
                     found.add((tenant, name.rsplit(".", 1)[0]))
-        return found
+        # Only contracts: not the tenant settings file (`_tenant.yaml`) or anything misnamed.
+        return {(t, d) for t, d in found if layout.is_valid_name(t) and layout.is_valid_name(d)}
 
 
 # --- tenant settings ----------------------------------------------------------------

@@ -333,6 +333,8 @@ def test_registry_lists_the_datasets_that_have_a_contract(tmp_path):
     store.put_bytes("_platform/contracts/globex/notes.txt", b"not a contract")
     (tmp_path / "contracts" / "initech").mkdir(parents=True)
     (tmp_path / "contracts" / "initech" / "logs.yaml").write_text("version: 1\ncolumns: {a: {type: string}}\n")
+    (tmp_path / "contracts" / "initech" / "_tenant.yaml").write_text("export: {format: csv}\n")  # settings
+    store.put_bytes("_platform/contracts/acme/_tenant.yml", b"export: {format: jsonl}\n")
     assert ContractRegistry(tmp_path / "contracts", store).datasets() == {
         ("acme", "tickets"), ("globex", "events"), ("initech", "logs")}
     assert ContractRegistry(None, None).datasets() == set()
