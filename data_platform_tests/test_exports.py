@@ -354,14 +354,30 @@ def test_a_tenants_export_holds_only_its_own_data_and_verify_keeps_it_in_its_pre
 # -- Dagster ---------------------------------------------------------------------------------------------
 
 
-def test_the_schedule_exports_the_week_that_just_ended_early_on_monday():
+def test_the_schedule_asks_once_per_week_at_the_configured_time(monkeypatch):
     schedule = defs.get_repository_def().get_schedule_def("ml_exports_schedule")
-    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 3 * * 1", "UTC")
-    for now, partition, week in ((datetime(2026, 11, 23, 3, 0, tzinfo=UTC), "2026-11-16", WEEK),
-                                 (datetime(2026, 1, 5, 3, 0, tzinfo=UTC), "2025-12-29", "2026-W01")):
-        (request,) = schedule.evaluate_tick(dg.build_schedule_context(scheduled_execution_time=now)).run_requests
-        assert request.partition_key == partition and week_of_partition(partition) == week
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.execution_timezone == "UTC"
+
+    def asked(now: datetime) -> str:
+        context = dg.build_schedule_context(scheduled_execution_time=now, repository_def=defs.get_repository_def())
+        (request,) = schedule.evaluate_tick(context).run_requests
+        assert request.run_key == f"ml_exports:{request.partition_key}"  # one run per week, whatever the ticks
+        return request.partition_key
+
+    # Default: Monday 03:00 UTC, the week that just ended.
+    monkeypatch.delenv("DATA_PLATFORM_EXPORT_AT", raising=False)
+    assert asked(datetime(2026, 11, 23, 2, 45, tzinfo=UTC)) == "2026-11-09"  # not yet: still the week before
+    assert asked(datetime(2026, 11, 23, 3, 0, tzinfo=UTC)) == "2026-11-16"
+    assert week_of_partition("2026-11-16") == WEEK
+    assert asked(datetime(2026, 1, 5, 3, 0, tzinfo=UTC)) == "2025-12-29" and week_of_partition("2025-12-29") == "2026-W01"
+    # Configured later in the week: the week ended on Monday is asked for on Wednesday 18:30.
+    monkeypatch.setenv("DATA_PLATFORM_EXPORT_AT", "wed 18:30")
+    assert asked(datetime(2026, 11, 25, 18, 15, tzinfo=UTC)) == "2026-11-09"
+    assert asked(datetime(2026, 11, 25, 18, 30, tzinfo=UTC)) == "2026-11-16"
+    monkeypatch.setenv("DATA_PLATFORM_EXPORT_AT", "someday")
+    with pytest.raises(dg.DagsterError) as failed:  # the tick fails, in the UI, with the reason
+        asked(datetime(2026, 11, 25, 18, 30, tzinfo=UTC))
+    assert "DATA_PLATFORM_EXPORT_AT='someday'" in str(failed.value.__cause__)
     assert defs.resolve_job_def("ml_exports_job").partitions_def.get_partition_keys()[0] == "2025-12-29"
 
 
