@@ -109,8 +109,17 @@ def cmd_status(args) -> list[dict]:
     # A deleted upload's tombstone: who deleted its bytes, when, why, and what they were.
     tombs = ({t["upload_id"]: t for t in catalog.tombstones(args.tenant)}
              if any(u.state == "deleted" for u in found) else {})
-    return [{**u.as_status(), "used_by": lineage.get(u.id, []), "tombstone": _tombstone(tombs.get(u.id))}
-            for u in found]
+    # A duplicate's data is its first copy's, wherever retention has moved that since.
+    firsts = {u.id: u for u in found}
+    for first_id in {u.duplicate_of for u in found if u.duplicate_of} - set(firsts):
+        firsts[first_id] = catalog.get(first_id)
+    out = []
+    for u in found:
+        entry = {**u.as_status(), "used_by": lineage.get(u.id, []), "tombstone": _tombstone(tombs.get(u.id))}
+        if u.duplicate_of and firsts.get(u.duplicate_of):
+            entry["object_key"] = firsts[u.duplicate_of].object_key
+        out.append(entry)
+    return out
 
 
 def _tombstone(row: dict | None) -> dict | None:

@@ -38,6 +38,11 @@ def test_upload_to_deletion_with_audit_trail(s3_store, postgresql_catalog, pg_ca
     store.put_bytes("landing/acme/events/day1.jsonl", jsonl([{"id": f"r{i}", "text": f"row {i}"} for i in range(50)]))
     ingest_everything(store, catalog)
     (upload,) = catalog.list_uploads(tenant="acme")
+    # The same bytes again under another name: a duplicate whose data is the first's.
+    store.put_bytes("landing/acme/events/again.jsonl", jsonl([{"id": f"r{i}", "text": f"row {i}"} for i in range(50)]))
+    ingest_everything(store, catalog)
+    (duplicate,) = catalog.list_uploads(tenant="acme", state="duplicate")
+    assert duplicate.duplicate_of == upload.id
     assert upload.state == FRESH and store.exists(upload.object_key)
     start = utcnow()
 
@@ -53,6 +58,11 @@ def test_upload_to_deletion_with_audit_trail(s3_store, postgresql_catalog, pg_ca
     archived = catalog.get(upload.id)
     assert archived.state == ARCHIVED and archived.object_key.startswith("archive/acme/events/")
     assert store.exists(archived.object_key) and not store.exists(upload.object_key)
+    monkeypatch.setenv("DATA_PLATFORM_STORAGE_URL", "s3://test-bucket/root")
+    monkeypatch.setenv("DATA_PLATFORM_CATALOG_URL", pg_catalog_url)
+    assert cli.main(["status", "--state", "duplicate", "--json"]) == 0
+    (dup,) = json.loads(capsys.readouterr().out)
+    assert dup["object_key"] == archived.object_key  # follows the first copy into the archive
     # The training set is a copy of its own: it stays whole whatever happens to the file.
     assert tsets.verify_snapshot(store, tsets.read_manifest(store, built.training_set)) == []
 
@@ -77,11 +87,9 @@ def test_upload_to_deletion_with_audit_trail(s3_store, postgresql_catalog, pg_ca
         ("build", "trainer", "run-1"), ("read", "model-b", "run-2")]
 
     # `status --json` tells the same story: the state, the lineage and the tombstone.
-    monkeypatch.setenv("DATA_PLATFORM_STORAGE_URL", "s3://test-bucket/root")
-    monkeypatch.setenv("DATA_PLATFORM_CATALOG_URL", pg_catalog_url)
-    capsys.readouterr()
     assert cli.main(["status", "--tenant", "acme", "--json"]) == 0
-    (entry,) = json.loads(capsys.readouterr().out)
+    entry, dup = json.loads(capsys.readouterr().out)
+    assert (dup["state"], dup["duplicate_of"], dup["object_key"]) == ("duplicate", upload.id, None)  # data gone
     assert entry["state"] == DELETED and [u["kind"] for u in entry["used_by"]] == ["build", "read"]
     assert entry["tombstone"]["deleted_by"] == "cleanup-test" and entry["tombstone"]["sha256"] == upload.sha256
     assert entry["tombstone"]["object_key"] == archived.object_key
