@@ -38,6 +38,7 @@ def main(argv=None) -> int:
         ("features", "bench_features.py", ["--entities", "100000", "--entity-rows", "100000"] if args.quick else []),
         ("export", "bench_export.py", ["--files", "2", "--file-mb", "20"] if args.quick else []),
         ("training_set", "bench_training_set.py", ["--files", "2", "--file-mb", "20"] if args.quick else []),
+        ("backup", "bench_backup.py", ["--uploads", "10000"] if args.quick else []),
     ]
     if args.with_rejects:
         plan.append(("rejects", "bench_rejects.py", ["--mb", "50"] if args.quick else []))

@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from data_platform import exports, layout
+from data_platform import backups, exports, integrity, layout
 from data_platform import retention
 from data_platform import training_sets as tsets
 from data_platform import features as fs
@@ -279,6 +279,47 @@ def cmd_verify_export(args) -> dict:
     return report
 
 
+def cmd_backup(args) -> dict:
+    """A backup of the catalog and every manifest, then pruning by DATA_PLATFORM_BACKUP_KEEP."""
+    settings = _settings()
+    store = open_store(settings.storage_url)
+    try:
+        doc = backups.create_backup(store, Catalog(settings.catalog_url))
+        pruned = None if args.no_prune else backups.prune_backups(store)
+    except backups.BackupError as err:
+        raise CliError(str(err)) from None
+    return {"backup_id": doc["backup_id"], "url": f"{store.url}/{doc['prefix']}", "schema_revision":
+            doc["schema_revision"], "rows": doc["rows"], "bytes": doc["bytes"],
+            "tables": {t["name"]: t["rows"] for t in doc["tables"]}, "manifests": len(doc["manifests"]),
+            "missing_manifests": doc["missing_manifests"], "pruned": pruned}
+
+
+def cmd_restore(args) -> dict:
+    """A backup restored into the (empty) catalog of DATA_PLATFORM_CATALOG_URL."""
+    settings = _settings()
+    try:
+        return backups.restore_backup(open_store(settings.storage_url), settings.catalog_url, args.backup_id,
+                                      force=args.force, restore_manifests=args.restore_manifests)
+    except backups.BackupError as err:
+        raise CliError(str(err)) from None
+
+
+def cmd_backups(args) -> list[dict]:
+    try:
+        return backups.list_backups(open_store(_settings().storage_url))
+    except backups.BackupError as err:
+        raise CliError(str(err)) from None
+
+
+def cmd_verify(args) -> dict:
+    """The store against the catalog; `ok` false (exit 1) on anything missing, changed or orphaned."""
+    if args.tenant and not layout.is_valid_name(args.tenant):
+        raise CliError(f"invalid tenant {args.tenant!r}: must match {layout.NAME_PATTERN.pattern}")
+    settings = _settings()
+    return integrity.verify(open_store(settings.storage_url), Catalog(settings.catalog_url), tenant=args.tenant,
+                            record=args.record).as_dict()
+
+
 def _print_cleanup(result: dict) -> None:
     print(f"{'id':>6}  {'from':<11} {'to':<11} {'reason':<21} {'why':<22} object")
     for t in result["transitions"]:
@@ -388,6 +429,18 @@ def _print_human(command: str, result) -> None:
             print(f"  {problem}")
     elif command == "cleanup":
         _print_cleanup(result)
+    elif command in ("backup", "restore"):
+        print(f"{command} {result['backup_id']}: {result['rows']} rows in {len(result['tables'])} tables")
+    elif command == "backups":
+        for b in result:
+            print(f"{b['backup_id']}  {'complete' if b['complete'] else 'incomplete':<10} {b.get('rows', '-'):>10} "
+                  f"rows {b['bytes']:>12} B")
+    elif command == "verify":
+        print(f"{result['objects_checked']} objects checked ({result['hashed']} hashed), "
+              + ", ".join(f"{n} {k}" for k, n in result["counts"].items()))
+        for kind in integrity.KINDS:
+            for f in result[kind]:
+                print(f"  {kind:<8} {f['what']:<22} {f['key']}")
     elif command == "features":
         if isinstance(result, list):
             for t in result:
@@ -491,6 +544,18 @@ def build_parser() -> argparse.ArgumentParser:
     fg.add_argument("--out", help="write the result as Parquet here instead of listing the rows")
     for p in fe_sub.choices.values():
         p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    bk = sub.add_parser("backup", help="back up the catalog and every manifest to _platform/backups/, then prune")
+    bk.add_argument("--no-prune", action="store_true", help="keep every earlier backup this time")
+    rs = sub.add_parser("restore", help="restore a backup into an empty catalog (DATA_PLATFORM_CATALOG_URL)")
+    rs.add_argument("backup_id", metavar="BACKUP_ID", help="a backup id, or latest")
+    rs.add_argument("--force", action="store_true", help="drop everything in the catalog first")
+    rs.add_argument("--restore-manifests", action="store_true",
+                    help="also put back manifests missing from the store from the backup's copies")
+    sub.add_parser("backups", help="the backups in the store, newest first")
+    vf = sub.add_parser("verify", help="compare every catalogued object with the store (exit 1 on a finding)")
+    vf.add_argument("--tenant", help="only this tenant's objects (backups are checked by a full pass)")
+    vf.add_argument("--record", action="store_true",
+                    help="hash data objects with no recorded checksum and record it (trust on first verify)")
     for name, p in sub.choices.items():
         if name not in ("training-set", "features"):  # their actions take --json themselves
             p.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -500,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"upload": cmd_upload, "status": cmd_status, "stats": cmd_stats, "list": cmd_list,
             "training-set": cmd_training_set, "training-path": cmd_training_path, "cleanup": cmd_cleanup,
             "export": cmd_export, "verify-export": cmd_verify_export,
-            "features": cmd_features}
+            "features": cmd_features, "backup": cmd_backup, "restore": cmd_restore, "backups": cmd_backups,
+            "verify": cmd_verify}
 
 
 def main(argv: list[str] | None = None) -> int:

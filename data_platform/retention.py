@@ -370,6 +370,16 @@ def _expired_objects(catalog: Catalog, store: ObjectStore, rows: list[RetentionR
     return out
 
 
+def unreferenced_objects(catalog: Catalog, store: ObjectStore, *, now: datetime, tenant: str | None = None,
+                         min_age_hours: Limit = 24) -> list[ExpiredObject]:
+    """The objects a cleanup pass would expire because nothing refers to them (the same
+    rules, with no transitions planned), for the integrity check's `orphaned`. Unfinished
+    writes are left out: they are not objects yet."""
+    rows = catalog.retention_rows(tenant)
+    return [o for o in _expired_objects(catalog, store, rows, [], now=to_naive_utc(now), tenant=tenant,
+                                        threshold=min_age_hours) if o.write is None]
+
+
 def _listing(store: ObjectStore, prefixes: Iterable[str]) -> Iterable[ObjectInfo]:
     for prefix in prefixes:
         for info in store.list(prefix):

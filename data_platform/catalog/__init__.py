@@ -83,6 +83,8 @@ class Upload:
     uses: int = 0
     ingested_at: datetime | None = None
     state_since: datetime | None = None
+    data_sha256: str | None = None  # of the data object (integrity); null until recorded
+    data_size: int | None = None
 
     @classmethod
     def from_row(cls, row: sa.Row) -> "Upload":
@@ -947,6 +949,12 @@ class Catalog:
                     index_runs.c.object_key.in_(chunk))).scalars())
         return out
 
+    def record_data_checksum(self, upload_id: int, sha256: str, size: int) -> None:
+        """The sha256 and size of the upload's data object, for the integrity check. The
+        archive copy holds the same bytes, so the values follow the upload there."""
+        with self.engine.begin() as conn:
+            conn.execute(uploads.update().where(uploads.c.id == upload_id).values(data_sha256=sha256, data_size=size))
+
     def archive(self, moves: Sequence[RetentionMove], *, actor: str, now: datetime | None = None) -> list[int]:
         """fresh/used -> archived, object_key data/... -> archive/..., in one transaction.
         An upload moves only if it is still in its `from_state`, still at its data/ key
@@ -1263,6 +1271,30 @@ class Catalog:
             query = query.where(uploads.c.tenant == tenant)
         with self.engine.connect() as conn:
             return conn.execute(query).all()
+
+    def integrity_rows(self, tenant: str | None = None) -> dict[str, list[sa.Row]]:
+        """What the integrity check compares with the store, read in one transaction: the
+        objects of ingested and quarantined uploads with their checksums, the registered
+        index runs, and training sets and feature versions with their manifests' sha256."""
+        up, ts, fv = uploads, training_sets, feature_versions
+        queries = {
+            "uploads": sa.select(up.c.id, up.c.tenant, up.c.dataset, up.c.landing_key, up.c.state, up.c.object_key,
+                                 up.c.sha256, up.c.size, up.c.data_sha256, up.c.data_size)
+            .where(up.c.state.in_(sorted(INGESTED | {QUARANTINED})), up.c.object_key.is_not(None))
+            .order_by(up.c.id),
+            "index_runs": sa.select(index_runs.c.object_key, index_runs.c.upload_id, index_runs.c.entries,
+                                    datasets.c.tenant)
+            .join(datasets, datasets.c.id == index_runs.c.dataset_id).order_by(index_runs.c.id),
+            "training_sets": sa.select(ts.c.tenant, ts.c.name, ts.c.version, ts.c.state, ts.c.prefix,
+                                       ts.c.manifest_sha256).order_by(ts.c.id),
+            "feature_versions": sa.select(fv.c.tenant, fv.c.name, fv.c.version, fv.c.state, fv.c.prefix,
+                                          fv.c.manifest_sha256).order_by(fv.c.id),
+        }
+        tenant_of = {"uploads": up.c.tenant, "index_runs": datasets.c.tenant, "training_sets": ts.c.tenant,
+                     "feature_versions": fv.c.tenant}
+        with self.engine.begin() as conn:
+            return {name: conn.execute(q if tenant is None else q.where(tenant_of[name] == tenant)).all()
+                    for name, q in queries.items()}
 
     def audit_trail(self, upload_id: int) -> list[dict[str, Any]]:
         query = sa.select(audit_log).where(audit_log.c.upload_id == upload_id).order_by(audit_log.c.id)

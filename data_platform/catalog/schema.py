@@ -43,6 +43,10 @@ uploads = sa.Table(
     sa.Column("uses", sa.Integer, nullable=False, server_default="0"),
     sa.Column("ingested_at", sa.DateTime),
     sa.Column("state_since", sa.DateTime),
+    # The data object's sha256 and size (data/, then the same bytes in archive/), for the
+    # integrity check; null until ingestion or a `verify --record` pass fills them.
+    sa.Column("data_sha256", sa.String(64)),
+    sa.Column("data_size", sa.BigInteger),
     sa.UniqueConstraint("landing_key", "etag", "last_modified", name="uq_uploads_identity"),
     sa.Index("ix_uploads_partition_state", "tenant", "dataset", "state"),
     sa.Index("ix_uploads_state", "state"),
