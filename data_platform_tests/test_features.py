@@ -290,6 +290,34 @@ def test_a_failed_build_is_recorded_and_its_number_not_reused(local_store, sqlit
     assert fs.list_versions(catalog, "acme", "empty") == []  # no number spent on nothing
 
 
+class Crash(BaseException):
+    """A builder killed mid-way: nothing cleans up after it."""
+
+
+def test_a_build_whose_builder_died_is_marked_failed_after_a_while(local_store, sqlite_catalog, monkeypatch):
+    store, catalog = local_store, sqlite_catalog
+    add_fresh(store, catalog, orders([(1, day(0), 10.0, 1)]))
+    fs.register_feature_table(catalog, "acme", definition(), actor="t")
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    monkeypatch.setattr(store, "put_bytes", crash)  # the manifest is never written
+    with pytest.raises(Crash):
+        fs.materialise_feature_table(store, catalog, "acme", "customer_orders", actor="t")
+    monkeypatch.undo()
+    (stuck,) = fs.list_versions(catalog, "acme", "customer_orders")
+    assert stuck.state == "building"
+    assert fs.abandon_stale_builds(catalog, now=utcnow() + fs.ABANDONED_AFTER - timedelta(minutes=1)) == []
+    later = utcnow() + fs.ABANDONED_AFTER + timedelta(minutes=1)
+    assert fs.abandon_stale_builds(catalog, now=later) == [("acme", "customer_orders", 1)]
+    (failed,) = fs.list_versions(catalog, "acme", "customer_orders")
+    assert failed.state == FAILED and "abandoned" in failed.detail
+    # Its parts are leftovers for cleanup; the next build takes the next number.
+    assert catalog.failed_feature_version_prefixes("acme") == [failed.prefix]
+    assert fs.materialise_feature_table(store, catalog, "acme", "customer_orders", actor="t").version.version == 2
+
+
 def test_transformation_runs_per_batch_and_archived_files_are_read(local_store, sqlite_catalog):
     store, catalog = local_store, sqlite_catalog
     add_fresh(store, catalog, orders([(1, day(0), 10.25, 1)]), state=ARCHIVED)

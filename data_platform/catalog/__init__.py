@@ -1191,6 +1191,19 @@ class Catalog:
             conn.execute(fv.update().where(fv.c.id == version.id, fv.c.state == BUILDING).values(
                 state=FAILED, completed_at=now or utcnow(), detail=json.dumps({"error": error})))
 
+    def abandon_feature_builds(self, *, started_before: datetime, now: datetime | None = None) -> list[tuple[str, str, int]]:
+        """Builds still `building` that started before `started_before` (their builder
+        died: a build takes minutes) -> `failed`, so cleanup sweeps their objects.
+        Returns (tenant, name, version) of each."""
+        fv = feature_versions
+        detail = json.dumps({"error": f"abandoned: still building at {_iso(now or utcnow())}, "
+                                      f"started before {_iso(started_before)}"})
+        with self.engine.begin() as conn:
+            return [tuple(r) for r in conn.execute(
+                fv.update().where(fv.c.state == BUILDING, fv.c.created_at < started_before)
+                .values(state=FAILED, completed_at=now or utcnow(), detail=detail)
+                .returning(fv.c.tenant, fv.c.name, fv.c.version))]
+
     def feature_version(self, tenant: str, name: str, version: int | None = None) -> FeatureVersion | None:
         """Version `version` of the tenant's feature table in any state, or with None the
         latest complete one."""

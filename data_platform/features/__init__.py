@@ -14,13 +14,13 @@ from data_platform.features.definition import (
 )
 from data_platform.features.retrieval import get_historical_features
 from data_platform.features.store import (
-    SOURCE_STATES, BuildResult, Registration, get_definition, get_version, list_versions, materialise_feature_table,
+    ABANDONED_AFTER, SOURCE_STATES, abandon_stale_builds, BuildResult, Registration, get_definition, get_version, list_versions, materialise_feature_table,
     read_manifest, read_version, register_feature_table, verify_version,
 )
 
 __all__ = [
     "TYPES", "FeatureDefinition", "FeatureError", "FeatureNotFound", "feature_transformation", "load_spec", "parse_ttl",
-    "get_historical_features", "SOURCE_STATES", "BuildResult", "Registration", "get_definition", "get_version",
+    "get_historical_features", "ABANDONED_AFTER", "abandon_stale_builds", "SOURCE_STATES", "BuildResult", "Registration", "get_definition", "get_version",
     "list_versions", "materialise_feature_table", "read_manifest", "read_version", "register_feature_table",
     "verify_version",
 ]

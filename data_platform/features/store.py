@@ -15,7 +15,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -31,6 +31,8 @@ from data_platform.storage import ObjectChanged, ObjectStore
 
 # Deprecated files are on their way out (and erasure may be pending): not read into new versions.
 SOURCE_STATES = (FRESH, USED, ARCHIVED)
+# A build still `building` after this long has lost its builder (10M rows build in seconds).
+ABANDONED_AFTER = timedelta(hours=6)
 PART_ROWS = 1_000_000
 READ_BATCH_ROWS = 64 * 1024
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -399,10 +401,17 @@ def _not_found(tenant: str, name: str, *, version: int | None = None, revision: 
     return f"no feature table {name!r}{what} for tenant {tenant!r}"
 
 
+def abandon_stale_builds(catalog: Catalog, *, now: datetime | None = None) -> list[tuple[str, str, int]]:
+    """Mark builds whose builder died `failed` (see ABANDONED_AFTER): their version
+    numbers stay used, and cleanup sweeps their objects. Returns (tenant, name, version)."""
+    now = now or utcnow()
+    return catalog.abandon_feature_builds(started_before=now - ABANDONED_AFTER, now=now)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.replace(tzinfo=UTC).isoformat() if value else None
 
 
 __all__ = ["Registration", "BuildResult", "register_feature_table", "get_definition", "get_version", "list_versions",
            "read_manifest", "verify_version", "read_version", "materialise_feature_table", "to_utc_timestamp",
-           "SOURCE_STATES", "utcnow"]
+           "SOURCE_STATES", "ABANDONED_AFTER", "abandon_stale_builds", "utcnow"]

@@ -80,6 +80,8 @@ def _split(partition: str) -> tuple[str, str]:
 )
 def feature_table_sensor(context: dg.SensorEvaluationContext, catalog: CatalogResource):
     cat = catalog.get_catalog()
+    for tenant, name, version in fs.abandon_stale_builds(cat):
+        context.log.warning(f"{tenant}/{name} v{version}: its build never finished; marked failed (rebuild from the UI)")
     known = set(context.instance.get_dynamic_partitions(feature_table_partitions.name))
     new_partitions, runs = [], []
     for record, built_revision in cat.feature_table_heads():
