@@ -14,7 +14,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from data_platform import backups, exports, integrity, layout
+from data_platform import backups, erasure, exports, integrity, layout
 from data_platform import retention
 from data_platform import training_sets as tsets
 from data_platform import features as fs
@@ -279,6 +279,27 @@ def cmd_verify_export(args) -> dict:
     return report
 
 
+def cmd_forget(args) -> dict:
+    """Erase one data subject from every object of a tenant; the receipt (or, with
+    --dry-run, what would change)."""
+    if (args.subject is None) == (args.subject_file is None):
+        raise CliError("give the subject with --subject VALUE or --subject-file PATH ('-': stdin)")
+    if args.subject_file is not None:  # keeps the value out of shell history and the process list
+        value = sys.stdin.read() if args.subject_file == "-" else Path(args.subject_file).read_text(encoding="utf-8")
+    else:
+        value = args.subject
+    from data_platform.privacy import load_pseudonym_key
+
+    settings = _settings()
+    try:
+        subject = erasure.Subject(load_pseudonym_key(settings), args.tenant, value,
+                                  kinds=[args.kind] if args.kind else None, column=args.column)
+        return erasure.forget(open_store(settings.storage_url), Catalog(settings.catalog_url), subject,
+                              client_id=args.request_id, dry_run=args.dry_run, actor=_actor())
+    except (erasure.ErasureError, layout.InvalidKey) as err:
+        raise CliError(str(err)) from None
+
+
 def cmd_backup(args) -> dict:
     """A backup of the catalog and every manifest, then pruning by DATA_PLATFORM_BACKUP_KEEP."""
     settings = _settings()
@@ -441,6 +462,13 @@ def _print_human(command: str, result) -> None:
         for kind in integrity.KINDS:
             for f in result[kind]:
                 print(f"  {kind:<8} {f['what']:<22} {f['key']}")
+    elif command == "forget":
+        c = result["counts"]
+        print(f"{'dry run ' if result['dry_run'] else ''}{result['request_id']}: {c['uploads']} upload(s), "
+              f"{c['objects_rewritten']} object(s) rewritten, {c['objects_deleted']} deleted, "
+              f"{c['data_rows_erased']} data row(s) erased, {c['not_rewritten']} not rewritten")
+        for e in result["rewritten"] + result["deleted"] + result["not_rewritten"]:
+            print(f"  {e['what']:<26} {e['key']}")
     elif command == "features":
         if isinstance(result, list):
             for t in result:
@@ -556,6 +584,15 @@ def build_parser() -> argparse.ArgumentParser:
     vf.add_argument("--tenant", help="only this tenant's objects (backups are checked by a full pass)")
     vf.add_argument("--record", action="store_true",
                     help="hash data objects with no recorded checksum and record it (trust on first verify)")
+    fg = sub.add_parser("forget", help="erase a data subject from every object of a tenant, with a receipt")
+    fg.add_argument("--tenant", required=True)
+    fg.add_argument("--subject", help="the raw value (an email, phone number, IP address or name)")
+    fg.add_argument("--subject-file", help="read the raw value from this file instead ('-': stdin)")
+    fg.add_argument("--kind", choices=erasure.KINDS, help="only columns of this kind (default: every kind)")
+    fg.add_argument("--column", help="only this column")
+    fg.add_argument("--request-id", help="your id for the request: the same id again returns the same receipt "
+                    "(default: one request per subject and UTC day)")
+    fg.add_argument("--dry-run", action="store_true", help="list what would change; change nothing")
     for name, p in sub.choices.items():
         if name not in ("training-set", "features"):  # their actions take --json themselves
             p.add_argument("--json", action="store_true", help="one JSON document on stdout")
@@ -566,7 +603,7 @@ COMMANDS = {"upload": cmd_upload, "status": cmd_status, "stats": cmd_stats, "lis
             "training-set": cmd_training_set, "training-path": cmd_training_path, "cleanup": cmd_cleanup,
             "export": cmd_export, "verify-export": cmd_verify_export,
             "features": cmd_features, "backup": cmd_backup, "restore": cmd_restore, "backups": cmd_backups,
-            "verify": cmd_verify}
+            "verify": cmd_verify, "forget": cmd_forget}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from data_platform.defs.exports.assets import ml_exports, ml_exports_job
 from data_platform.defs.exports.schedules import ml_exports_schedule
 from data_platform.defs.features.assets import feature_table_sensor, feature_tables
 from data_platform.defs.governance.backups import catalog_backup, catalog_backup_job, catalog_backup_schedule
+from data_platform.defs.governance.erasure import erasure, erasure_job
 from data_platform.defs.governance.integrity import integrity, integrity_job, integrity_schedule
 from data_platform.defs.ingestion.assets import fresh_data
 from data_platform.defs.ingestion.sensors import ingest_job, landing_sensor
@@ -24,8 +25,9 @@ statistics_automation = dg.AutomationConditionSensorDefinition(
 
 defs = dg.Definitions(
     assets=[fresh_data, training_set, used_data, upload_statistics, cleanup, ml_exports, feature_tables,
-            catalog_backup, integrity],
-    jobs=[ingest_job, cleanup_job, statistics_job, ml_exports_job, catalog_backup_job, integrity_job],
+            catalog_backup, integrity, erasure],
+    jobs=[ingest_job, cleanup_job, statistics_job, ml_exports_job, catalog_backup_job, integrity_job,
+          erasure_job],
     sensors=[landing_sensor, statistics_automation, feature_table_sensor],
     schedules=[cleanup_schedule, statistics_schedule, ml_exports_schedule, catalog_backup_schedule,
                integrity_schedule],

@@ -236,3 +236,41 @@ feature_version_sources = sa.Table(
     sa.Column("rows", sa.BigInteger, nullable=False),
     sa.Index("ix_feature_version_sources_upload", "upload_id"),
 )
+
+# -- erasure (GDPR art. 17) -------------------------------------------------------------
+
+# One erasure request: `started` until every object is dealt with and the receipt is
+# written, then `done`. The id derives from (tenant, subject, client id or day), so a
+# retry finds its row and resumes, and a finished request returns its receipt.
+erasure_requests = sa.Table(
+    "erasure_requests",
+    metadata,
+    sa.Column("request_id", sa.String(64), primary_key=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("subject_sha256", sa.String(64), nullable=False),  # sha256 of the pseudonyms, never a raw value
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("scope", sa.Text, nullable=False),  # JSON: kinds, column
+    sa.Column("created_by", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+    sa.Column("completed_at", sa.DateTime),
+    sa.Column("receipt_key", sa.String(1024)),
+    sa.Column("receipt_sha256", sa.String(64)),
+    sa.Index("ix_erasure_requests_tenant", "tenant", "state"),
+)
+
+# Each object a request changes, written before its new bytes are (state `writing`: the
+# before/after checksums, a write-ahead record) and marked `done` in the transaction that
+# points the catalog at the new bytes. The receipt is built from these rows.
+erasure_steps = sa.Table(
+    "erasure_steps",
+    metadata,
+    sa.Column("request_id", sa.String(64), sa.ForeignKey("erasure_requests.request_id"), primary_key=True),
+    sa.Column("object_key", sa.String(1024), primary_key=True),
+    sa.Column("what", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),  # rewritten | deleted | not_rewritten
+    sa.Column("state", sa.String(16), nullable=False),  # writing | written | done
+    sa.Column("upload_id", sa.BigInteger),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON: before, after, reason
+    sa.Column("updated_at", sa.DateTime, nullable=False),
+)

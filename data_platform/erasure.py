@@ -1,0 +1,888 @@
+"""Right to erasure (GDPR art. 17): one data subject erased from every object of a tenant,
+with a receipt. Plain Python, no Dagster.
+
+**Finding.** The subject's raw value becomes its pseudonym(s) under the tenant's key
+(per kind: emails and IPs are lower-cased first, so without `kinds` both forms are
+looked up). The erasure index (`indexes.uploads_holding_subject`, one small run per
+fresh upload) names the uploads holding it; no data file is read to find them. From
+those uploads: their data/ or archive/ Parquet and index runs; the complete training
+sets holding them (`training_set_files`), the complete feature versions built from them
+(`feature_version_sources`) and the export weeks whose manifest lists them. Rows match
+when a personal-data column of the upload (`pii_columns` of its ingestion report,
+restricted by `kinds` and `column`) holds the subject's pseudonym; in training-set and
+export parts also `_upload_id` must be one of those uploads; in feature parts (no
+lineage column; transformations may rename) any string column holding the pseudonym.
+
+Free text never holds an email, phone or IP: ingestion redacted them. Quarantine holds
+raw values (rejected rows, the original bytes of a rejected upload), which were never
+pseudonymised and so are not indexed: that prefix alone is scanned, for the raw value.
+
+**Rewriting.** A data object, an index run or a quarantine file is rewritten at its own
+key: every layout rule (retention's moves, the orphan sweep) derives these keys from
+the upload id, and one PUT replaces an object whole (readers get the old or the new
+bytes, never a mix). A part of a training set, feature version or export is written
+under a new key beside it (`part-00000.e{request}.parquet`), then the manifest is
+replaced (one PUT: readers of the old manifest still find the old parts), then the
+catalog points at the new manifest, then the old parts go. Each object's step is
+recorded in `erasure_steps` before its new bytes are written (the before and after
+sha256: a write-ahead record) and marked done in the transaction that updates the
+catalog (rows, checksums, manifest sha256), so a retry after a crash finishes exactly
+what was left and never erases an object twice.
+
+**Exactly once.** The request id is derived from the tenant, the subject's pseudonyms
+and a client id (or the UTC day); `erasure_requests` holds it `started`, with the uploads
+found at the start (an object already rewritten no longer holds the subject, so a retry
+must not look again), then `done` once the receipt is written. A finished request
+returns its stored receipt.
+
+**The receipt** (`_platform/erasure/{tenant}/{request_id}.json`) is built from the
+steps: every object rewritten (before/after key, sha256, rows, bytes), deleted, or not
+rewritten and why. It holds a sha256 of the pseudonyms, never the raw value nor a
+pseudonym (a pseudonym would let anyone holding the data find the subject's rows).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+import tempfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+
+from data_platform import layout
+from data_platform.backups import export_manifest_keys, read_object
+from data_platform.catalog import (
+    BUILDING, COMPLETE, INGESTED, QUARANTINED, Catalog, RetentionMove, Upload, utcnow,
+)
+from data_platform.catalog.schema import (
+    erasure_requests, erasure_steps, feature_version_sources, feature_versions, index_runs, training_set_files,
+    training_sets, uploads,
+)
+from data_platform.indexes import SUBJECTS, uploads_holding_subject
+from data_platform.privacy import Pseudonymizer, sorted_distinct, subject_key
+from data_platform.storage import ObjectChanged, ObjectStore
+
+KINDS = ("email", "phone", "ip", "name")
+RECEIPTS = f"{layout.PLATFORM}/erasure"
+SOURCE_COLUMN = "_upload_id"  # training sets and exports: the upload each row came from
+STARTED, DONE = "started", "done"
+WRITING = "writing"  # a step's new bytes may or may not be in the store yet
+WRITTEN = "written"  # a part's new bytes are in the store; its manifest is still the old one
+REWRITTEN, REMOVED, NOT_REWRITTEN = "rewritten", "deleted", "not_rewritten"
+ERASED_REASON = "erased_subject"  # the reason code of a quarantined upload deleted by an erasure
+_PART_SUFFIX = re.compile(r"\.e[0-9a-f]{8}(?=\.[a-z]+$)")
+
+# What the receipt says about objects erasure never has to touch.
+NOTES = {
+    "free_text": "emails, phone numbers and IP addresses in free text were redacted at ingestion; "
+                 "names written in free text are not found",
+    "backups": "catalog backups hold catalog rows (states, counts, checksums, column names), no row values; "
+               "their manifest copies hold keys and checksums",
+    "landing": "uploads still waiting in landing are not ingested yet and are not erased",
+}
+
+
+class ErasureError(RuntimeError):
+    """A request that cannot run as asked, or not now (e.g. a training set is building)."""
+
+
+# -- the subject --------------------------------------------------------------------------------
+
+
+class Subject:
+    """One data subject of one tenant: pseudonyms per kind, and a pattern for raw text.
+    Holds the raw value only inside the compiled pattern; never printed or stored."""
+
+    def __init__(self, key: bytes, tenant: str, value: str, *, kinds: Iterable[str] | None = None,
+                 column: str | None = None):
+        layout.check_name("tenant", tenant)
+        value = (value or "").strip()
+        if not value:
+            raise ErasureError("the subject is empty")
+        kinds = tuple(kinds) if kinds else KINDS
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            raise ErasureError(f"unknown kind {unknown[0]!r}; expected one of {', '.join(KINDS)}")
+        self.tenant, self.kinds, self.column = tenant, kinds, column
+        ps = Pseudonymizer(key, tenant)
+        self.pseudonyms = {kind: ps.pseudonym(value, kind) for kind in kinds}
+        # Raw text (quarantine): the value not glued to a longer word or address.
+        self._raw = re.compile(rf"(?<![\w.+@-]){re.escape(value)}(?![\w@-])", re.IGNORECASE)
+
+    def __repr__(self) -> str:
+        return f"Subject(tenant={self.tenant!r}, kinds={self.kinds!r}, column={self.column!r})"
+
+    @property
+    def sha256(self) -> str:
+        """What identifies the subject in the catalog and the receipt: not reversible to a
+        pseudonym, let alone to the value."""
+        joined = "\n".join(sorted(set(self.pseudonyms.values())))
+        return hashlib.sha256(f"erasure\n{self.tenant}\n{joined}".encode()).hexdigest()
+
+    def in_raw(self, text: str) -> bool:
+        return self._raw.search(text) is not None
+
+    def columns_of(self, upload: Upload) -> dict[str, set[str]]:
+        """The upload's personal-data columns this request matches, with the pseudonyms to find."""
+        pii = upload.report.get("pii_columns") or {}
+        return {name: {self.pseudonyms[kind]} for name, kind in pii.items()
+                if kind in self.pseudonyms and (self.column is None or name == self.column)}
+
+
+def request_id_for(subject: Subject, client_id: str | None = None, day: date | None = None) -> str:
+    """Same tenant, subject and client id (or, without one, the same UTC day): same request."""
+    bucket = f"client:{client_id}" if client_id else f"day:{(day or datetime.now(UTC).date()).isoformat()}"
+    scope = f"{','.join(sorted(subject.kinds))}|{subject.column or ''}"
+    return hashlib.sha256(f"{subject.sha256}\n{scope}\n{bucket}".encode()).hexdigest()[:32]
+
+
+def receipt_key(tenant: str, request_id: str) -> str:
+    return f"{RECEIPTS}/{layout.check_name('tenant', tenant)}/{request_id}.json"
+
+
+# -- the request --------------------------------------------------------------------------------
+
+
+def forget(store: ObjectStore, catalog: Catalog, subject: Subject, *, client_id: str | None = None,
+           dry_run: bool = False, actor: str = "erasure", checkpoint: Callable[[str], None] | None = None,
+           now: datetime | None = None) -> dict:
+    """Erase the subject from every object of its tenant and return the receipt (or, with
+    `dry_run`, what would change: nothing is written, in the store or the catalog)."""
+    now = now or datetime.now(UTC)
+    request_id = request_id_for(subject, client_id, now.date())
+    if dry_run:
+        run = _Run(store, catalog, subject, request_id, dry=True, actor=actor, checkpoint=None)
+        run.execute(_find_uploads(store, catalog, subject))
+        return run.receipt(requested_at=now, completed_at=None)
+    row = _begin(store, catalog, subject, request_id, actor, now)
+    if row.state == DONE:
+        body = read_object(store, row.receipt_key)
+        if body is not None and hashlib.sha256(body).hexdigest() == row.receipt_sha256:
+            return {**json.loads(body), "already_done": True}
+    run = _Run(store, catalog, subject, request_id, dry=False, actor=actor, checkpoint=checkpoint)
+    run.execute(json.loads(row.scope)["uploads"])
+    receipt = run.receipt(requested_at=row.created_at.replace(tzinfo=UTC), completed_at=datetime.now(UTC))
+    body = json.dumps(receipt, indent=2, sort_keys=True).encode()
+    key = receipt_key(subject.tenant, request_id)
+    store.put_bytes(key, body)
+    run.check("after_receipt")
+    with catalog.engine.begin() as conn:
+        conn.execute(erasure_requests.update().where(erasure_requests.c.request_id == request_id).values(
+            state=DONE, completed_at=utcnow(), updated_at=utcnow(), receipt_key=key,
+            receipt_sha256=hashlib.sha256(body).hexdigest()))
+    return receipt
+
+
+def _find_uploads(store: ObjectStore, catalog: Catalog, subject: Subject) -> list[int]:
+    found: set[int] = set()
+    for pseudonym in set(subject.pseudonyms.values()):
+        found.update(uploads_holding_subject(store, catalog, subject.tenant, pseudonym))
+    out = []
+    for upload_id in sorted(found):
+        u = catalog.get(upload_id)
+        if u is not None and u.tenant == subject.tenant and u.state in INGESTED and u.object_key:
+            out.append(upload_id)
+    return out
+
+
+def _begin(store: ObjectStore, catalog: Catalog, subject: Subject, request_id: str, actor: str,
+           now: datetime) -> sa.Row:
+    """The request's row: created `started` with the uploads found now, or the one a
+    first attempt created (its list wins: rewritten objects no longer hold the subject)."""
+    er = erasure_requests
+    with catalog.engine.connect() as conn:
+        row = conn.execute(sa.select(er).where(er.c.request_id == request_id)).first()
+    if row is not None:
+        return row
+    scope = {"kinds": list(subject.kinds), "column": subject.column, "uploads": _find_uploads(store, catalog, subject)}
+    stamp = utcnow()
+    try:
+        with catalog.engine.begin() as conn:
+            conn.execute(er.insert().values(
+                request_id=request_id, tenant=subject.tenant, subject_sha256=subject.sha256, state=STARTED,
+                scope=json.dumps(scope, sort_keys=True), created_by=actor, created_at=stamp, updated_at=stamp))
+    except sa.exc.IntegrityError:
+        pass  # a concurrent first attempt inserted it: use its row
+    with catalog.engine.connect() as conn:
+        return conn.execute(sa.select(er).where(er.c.request_id == request_id)).one()
+
+
+def request_state(catalog: Catalog, request_id: str) -> dict | None:
+    er = erasure_requests
+    with catalog.engine.connect() as conn:
+        row = conn.execute(sa.select(er).where(er.c.request_id == request_id)).first()
+    return dict(row._mapping) if row else None
+
+
+# -- one run of a request -----------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    key: str
+    what: str
+    action: str
+    state: str
+    upload_id: int | None
+    detail: dict = field(default_factory=dict)
+
+
+class _Run:
+    def __init__(self, store: ObjectStore, catalog: Catalog, subject: Subject, request_id: str, *, dry: bool,
+                 actor: str, checkpoint: Callable[[str], None] | None):
+        self.store, self.catalog, self.subject, self.request_id = store, catalog, subject, request_id
+        self.dry, self.actor, self._checkpoint = dry, actor, checkpoint
+        self.steps: dict[str, _Step] = {} if dry else self._load_steps()
+        self.uploads: dict[int, Upload] = {}
+        self.upload_ids: list[int] = []
+        self.scanned: list[str] = []
+        self._tmp = None
+
+    def check(self, point: str) -> None:
+        """A named point between two effects (tests inject crashes here)."""
+        if self._checkpoint is not None:
+            self._checkpoint(point)
+
+    # -- the ledger of steps
+
+    def _load_steps(self) -> dict[str, _Step]:
+        with self.catalog.engine.connect() as conn:
+            rows = conn.execute(sa.select(erasure_steps).where(erasure_steps.c.request_id == self.request_id)).all()
+        return {r.object_key: _Step(r.object_key, r.what, r.action, r.state, r.upload_id, json.loads(r.detail))
+                for r in rows}
+
+    def _save(self, step: _Step, conn=None) -> None:
+        self.steps[step.key] = step
+        if self.dry:
+            return
+        values = {"what": step.what, "action": step.action, "state": step.state, "upload_id": step.upload_id,
+                  "detail": json.dumps(step.detail, sort_keys=True), "updated_at": utcnow()}
+        es = erasure_steps
+        where = (es.c.request_id == self.request_id, es.c.object_key == step.key)
+
+        def write(c):
+            if not c.execute(es.update().where(*where).values(**values)).rowcount:
+                c.execute(es.insert().values(request_id=self.request_id, object_key=step.key, **values))
+        if conn is not None:
+            write(conn)
+        else:
+            with self.catalog.engine.begin() as c:
+                write(c)
+
+    def _drop(self, keys: list[str]) -> None:
+        """Forget steps that no longer describe the store (a replaced export)."""
+        for key in keys:
+            self.steps.pop(key, None)
+        if not self.dry and keys:
+            with self.catalog.engine.begin() as conn:
+                conn.execute(erasure_steps.delete().where(erasure_steps.c.request_id == self.request_id,
+                                                          erasure_steps.c.object_key.in_(keys)))
+
+    def _done(self, key: str) -> bool:
+        step = self.steps.get(key)
+        return step is not None and step.state == DONE
+
+    # -- the whole request
+
+    def execute(self, upload_ids: list[int]) -> None:
+        self.upload_ids = list(upload_ids)
+        for upload_id in self.upload_ids:
+            u = self.catalog.get(upload_id)
+            if u is not None:
+                self.uploads[upload_id] = u
+        self._refuse_building_sets()
+        with tempfile.TemporaryDirectory(prefix="erasure-") as tmp:
+            self._tmp = Path(tmp)
+            for upload_id in self.upload_ids:
+                self._upload(upload_id)
+            self._training_sets()
+            self._feature_versions()
+            self._exports()
+            self._quarantine()
+        self.check("before_receipt")
+
+    def _refuse_building_sets(self) -> None:
+        ids = list(self.uploads)
+        if not ids:
+            return
+        query = (sa.select(training_sets.c.name, training_sets.c.version, training_set_files.c.upload_id)
+                 .join(training_set_files, training_set_files.c.training_set_id == training_sets.c.id)
+                 .where(training_sets.c.tenant == self.subject.tenant, training_sets.c.state == BUILDING,
+                        training_set_files.c.upload_id.in_(ids)))
+        with self.catalog.engine.connect() as conn:
+            held = conn.execute(query).first()
+        if held is not None:
+            # Its build may be reading the old bytes right now: erasing under it would let
+            # the subject into the snapshot. Nothing has been changed; retry once it is complete.
+            raise ErasureError(f"training set {held.name} v{held.version} is being built from upload "
+                               f"{held.upload_id}; retry once it is complete")
+
+    # -- data objects and their index runs
+
+    def _upload(self, upload_id: int) -> None:
+        u = self.catalog.get(upload_id)
+        if u is None or u.state not in INGESTED or not u.object_key:
+            return  # deleted since the request started: nothing of it is left to erase
+        self.uploads[upload_id] = u
+        columns = self.subject.columns_of(u)
+        data = self.steps.get(u.object_key)
+        if data is not None and data.state == DONE:
+            return
+        local = self._tmp / f"data-{upload_id}.parquet"
+        current, current_sha = self._download(u.object_key, local)
+        if data is not None and current_sha == data.detail["after"]["sha256"]:
+            new_local, erased = local, np.array(data.detail["erased_rows"], dtype=np.int64)  # PUT before a crash
+        else:
+            if data is not None and current_sha != data.detail["before"]["sha256"]:
+                raise ErasureError(f"{u.object_key} changed while erasure {self.request_id} was under way")
+            table = pq.read_table(current)
+            mask = _match(table, columns)
+            erased = np.flatnonzero(mask)
+            if not len(erased):
+                return  # a subject-key collision named this upload: its data does not hold the subject
+            new_local = self._tmp / f"data-{upload_id}.new.parquet"
+            _write_parquet(table.filter(pa.array(~mask)), new_local, table.schema)
+            data = _Step(u.object_key, "data", REWRITTEN, WRITING, upload_id, {
+                "before": {"key": u.object_key, "sha256": current_sha, "rows": table.num_rows,
+                           "bytes": current.stat().st_size},
+                "after": {"key": u.object_key, "sha256": _sha(new_local), "rows": table.num_rows - len(erased),
+                          "bytes": new_local.stat().st_size},
+                "rows_erased": int(len(erased)), "erased_rows": erased.tolist()})
+            self._save(data)
+            if not self.dry:
+                self.store.upload_file(new_local, u.object_key)
+            self.check(f"after_data:{upload_id}")
+        runs = self._index_runs(u, new_local, erased)
+        if self.dry:
+            for step in [data] + runs:
+                step.state = DONE
+            return
+        with self.catalog.engine.begin() as conn:
+            moved = conn.execute(uploads.update().where(
+                uploads.c.id == upload_id, uploads.c.object_key == u.object_key,
+                uploads.c.state.in_(sorted(INGESTED))).values(
+                rows=data.detail["after"]["rows"], data_sha256=data.detail["after"]["sha256"],
+                data_size=data.detail["after"]["bytes"], updated_at=utcnow())).rowcount
+            if not moved:
+                raise ErasureError(f"upload {upload_id} moved while erasure {self.request_id} rewrote it; retry")
+            for step in runs:
+                if step.action == REWRITTEN:
+                    conn.execute(index_runs.update().where(index_runs.c.object_key == step.key)
+                                 .values(entries=step.detail["after"]["rows"]))
+            for step in [data] + runs:
+                step.state = DONE
+                self._save(step, conn)
+        self.check(f"after_upload:{upload_id}")
+
+    def _registered_runs(self, upload_id: int) -> dict[str, str]:
+        with self.catalog.engine.connect() as conn:
+            return dict(conn.execute(sa.select(index_runs.c.kind, index_runs.c.object_key)
+                                     .where(index_runs.c.upload_id == upload_id)).all())
+
+    def _index_runs(self, u: Upload, new_data: Path, erased: np.ndarray) -> list[_Step]:
+        out = []
+        for kind, key in sorted(self._registered_runs(u.id).items()):
+            step = self.steps.get(key)
+            if step is not None and step.state == DONE:
+                continue
+            if kind == "rows":
+                # Hashes of the raw rows as uploaded (sorted, not row-aligned): neither the erased
+                # rows' entries can be told apart nor the run rebuilt from pseudonymised data.
+                out.append(_Step(key, "index_run:rows", NOT_REWRITTEN, DONE, u.id, {
+                    "reason": "unkeyed 64-bit hashes of whole raw rows, sorted: the erased rows' entries cannot "
+                              "be told apart (and only stop the same raw row from being ingested again)"}))
+                continue
+            local = self._tmp / f"run-{kind}.parquet"
+            _, current_sha = self._download(key, local)
+            if step is not None and current_sha == step.detail["after"]["sha256"]:
+                out.append(step)  # already in place
+                continue
+            if step is not None and current_sha != step.detail["before"]["sha256"]:
+                raise ErasureError(f"{key} changed while erasure {self.request_id} was under way")
+            run = pq.read_table(local)
+            if kind == SUBJECTS:
+                new = pa.table({"subject": _subject_keys(pq.read_table(new_data), u)})
+            else:  # near_dup: one entry per kept row, by row number; later rows move up
+                rows = run.column("row").to_numpy().astype(np.int64)
+                keep = ~np.isin(rows, erased)
+                shifted = rows - np.searchsorted(erased, rows)
+                new = run.filter(pa.array(keep)).set_column(
+                    run.schema.get_field_index("row"), run.schema.field("row"),
+                    pa.array(shifted[keep], run.schema.field("row").type))
+                new = new.replace_schema_metadata(run.schema.metadata)
+            new_local = self._tmp / f"run-{kind}.new.parquet"
+            pq.write_table(new, new_local, compression="none")  # as indexes.RunStore writes runs
+            step = _Step(key, f"index_run:{kind}", REWRITTEN, WRITING, u.id, {
+                "before": {"key": key, "sha256": current_sha, "rows": run.num_rows, "bytes": local.stat().st_size},
+                "after": {"key": key, "sha256": _sha(new_local), "rows": new.num_rows,
+                          "bytes": new_local.stat().st_size}})
+            self._save(step)
+            if not self.dry:
+                self.store.upload_file(new_local, key)
+            out.append(step)
+        return out
+
+    # -- manifests and their parts
+
+    def _training_sets(self) -> None:
+        ids = list(self.uploads)
+        if not ids:
+            return
+        query = (sa.select(training_sets).where(
+            training_sets.c.tenant == self.subject.tenant, training_sets.c.state == COMPLETE,
+            training_sets.c.id.in_(sa.select(training_set_files.c.training_set_id)
+                                   .where(training_set_files.c.upload_id.in_(ids))))
+            .order_by(training_sets.c.id))
+        with self.catalog.engine.connect() as conn:
+            sets = conn.execute(query).all()
+        for ts in sets:
+            self._container(f"{ts.prefix}manifest.json", "training_set", ts.prefix, fmt="parquet", lineage=True,
+                            catalog_row=ts)
+
+    def _feature_versions(self) -> None:
+        ids = list(self.uploads)
+        if not ids:
+            return
+        fv = feature_versions
+        query = (sa.select(fv).where(fv.c.tenant == self.subject.tenant, fv.c.state == COMPLETE,
+                                     fv.c.id.in_(sa.select(feature_version_sources.c.version_id)
+                                                 .where(feature_version_sources.c.upload_id.in_(ids))))
+                 .order_by(fv.c.id))
+        with self.catalog.engine.connect() as conn:
+            versions = conn.execute(query).all()
+        for v in versions:
+            self._container(f"{v.prefix}manifest.json", "feature", v.prefix, fmt="parquet", lineage=False,
+                            catalog_row=v)
+
+    def _exports(self) -> None:
+        ids = set(self.uploads)
+        if not ids:
+            return
+        for key in sorted(export_manifest_keys(self.store, self.subject.tenant)):
+            if self._done(key):
+                self._container(key, "export", "", fmt="", lineage=True, catalog_row=None)
+                continue
+            body = read_object(self.store, key)
+            if body is None:
+                continue
+            manifest = json.loads(body)
+            if not ids & {f.get("upload_id") for f in manifest.get("files", ())} and key not in self.steps:
+                continue
+            self._container(key, "export", f"{key[:-len('manifest.json')]}{manifest.get('export_id')}/",
+                            fmt=manifest.get("format", "parquet"), lineage=True, catalog_row=None)
+
+    def _container(self, manifest_key: str, what: str, prefix: str, *, fmt: str, lineage: bool, catalog_row) -> None:
+        """Rewrite the parts holding the subject under new keys, then the manifest, then the
+        catalog's record of it, then delete the old parts."""
+        if self._done(manifest_key):
+            if not self.dry:  # a crash may have come between the commit and these deletes
+                self.store.delete_many(self.steps[manifest_key].detail["parts"])
+            return
+        body = read_object(self.store, manifest_key)
+        if body is None:
+            return
+        sha = hashlib.sha256(body).hexdigest()
+        step = self.steps.get(manifest_key)
+        if step is not None and sha == step.detail["after"]["sha256"]:
+            return self._commit_container(step, what, catalog_row)  # the manifest PUT landed before a crash
+        if step is not None and sha != step.detail["before"]["sha256"]:
+            if what != "export":
+                raise ErasureError(f"{manifest_key} changed while erasure {self.request_id} was under way")
+            # The week was exported again meanwhile: the new export is what to erase from. Our
+            # parts named by no manifest are deleted now (the new export's are elsewhere).
+            self.store.delete_many(self.steps[k].detail["after"]["key"] for k in step.detail["parts"])
+            self._drop([manifest_key, *step.detail["parts"]])
+        manifest = json.loads(body)
+        columns: dict[str, set[str]] = defaultdict(set)
+        for u in self.uploads.values():
+            for name, values in self.subject.columns_of(u).items():
+                columns[name] |= values
+        all_pseudonyms = set(self.subject.pseudonyms.values())
+        parts, erased_by_upload, part_steps = [], Counter(), []
+        for part in manifest["parts"]:
+            if not part["key"].startswith(prefix):
+                parts.append(part)  # never rewrite what lies outside the manifest's own prefix
+                continue
+            pstep = self.steps.get(part["key"])
+            if pstep is None or (pstep.state == WRITING and not self._is_there(pstep)):
+                pstep = self._part(part, what, fmt, columns if lineage else None, all_pseudonyms)
+            if pstep is None:
+                parts.append(part)
+                continue
+            part_steps.append(pstep)
+            erased_by_upload.update({int(k): v for k, v in pstep.detail.get("erased_by_upload", {}).items()})
+            after = pstep.detail["after"]
+            parts.append({**part, "key": after["key"], "rows": after["rows"], "bytes": after["bytes"],
+                          "sha256": after["sha256"]})
+        if not part_steps:
+            if what == "feature":
+                self._save(_Step(manifest_key, "feature_manifest", NOT_REWRITTEN, DONE, None, {
+                    "reason": "built from an upload that held the subject, but no row of it names the subject "
+                              "(features keyed or aggregated by other columns): build a new version and retire "
+                              "this one if it describes the subject"}))
+            return
+        erased = sum(p.detail["rows_erased"] for p in part_steps)
+        new = {**manifest, "parts": parts, "rows": sum(p["rows"] for p in parts),
+               "bytes": sum(p["bytes"] for p in parts),
+               "erasures": list(manifest.get("erasures", ())) + [{"request_id": self.request_id,
+                                                                   "rows_erased": erased}]}
+        for f in new.get("files", ()):
+            n = erased_by_upload.get(f.get("upload_id"), 0)
+            if n:
+                f["rows"] = f["rows"] - n
+                if f.get("rows_in_file") is not None:
+                    f["rows_in_file"] -= n
+        new_body = json.dumps(new, indent=2, sort_keys=True).encode()
+        step = _Step(manifest_key, f"{what}_manifest", REWRITTEN, WRITING, None, {
+            "before": {"key": manifest_key, "sha256": sha, "rows": manifest.get("rows"), "bytes": len(body)},
+            "after": {"key": manifest_key, "sha256": hashlib.sha256(new_body).hexdigest(), "rows": new["rows"],
+                      "bytes": len(new_body)},
+            "data_bytes": new["bytes"], "rows_erased": erased,
+            "parts": [p.key for p in part_steps],
+            "erased_by_upload": {str(k): v for k, v in sorted(erased_by_upload.items())}})
+        self._save(step)
+        if not self.dry:
+            self.store.put_bytes(manifest_key, new_body)
+        self.check(f"after_manifest:{manifest_key}")
+        self._commit_container(step, what, catalog_row)
+
+    def _is_there(self, step: _Step) -> bool:
+        info = self.store.head(step.detail["after"]["key"])
+        return info is not None and info.size == step.detail["after"]["bytes"]
+
+    def _part(self, part: dict, what: str, fmt: str, columns: dict[str, set[str]] | None,
+              pseudonyms: set[str]) -> _Step | None:
+        local = self._tmp / "part"
+        _, sha = self._download(part["key"], local)
+        new_local = self._tmp / "part.new"
+        ids = set(self.uploads)
+        if fmt == "parquet":
+            table = pq.read_table(local)
+            mask = _match(table, columns, ids) if columns is not None else self._feature_rows(table)
+            if not mask.any():
+                return None
+            _write_parquet(table.filter(pa.array(~mask)), new_local, table.schema)
+            rows_before = table.num_rows
+            erased_ids = table.column(SOURCE_COLUMN).to_numpy()[mask] if columns is not None else np.array([])
+        elif fmt == "jsonl":
+            rows_before, erased_ids = _filter_jsonl(local, new_local, columns, ids)
+        elif fmt == "csv":
+            rows_before, erased_ids = _filter_csv(local, new_local, columns, ids)
+        else:
+            raise ErasureError(f"{part['key']}: unknown format {fmt!r}")
+        if not len(erased_ids) and columns is not None:
+            return None
+        erased = int(len(erased_ids)) if columns is not None else int(mask.sum())
+        new_key = _new_part_key(part["key"], self.request_id)
+        step = _Step(part["key"], f"{what}_part", REWRITTEN, WRITING, None, {
+            "before": {"key": part["key"], "sha256": sha, "rows": rows_before, "bytes": local.stat().st_size},
+            "after": {"key": new_key, "sha256": _sha(new_local), "rows": rows_before - erased,
+                      "bytes": new_local.stat().st_size},
+            "rows_erased": erased,
+            "erased_by_upload": {str(k): int(v) for k, v in sorted(Counter(erased_ids.tolist()).items())}})
+        self._save(step)
+        if not self.dry:
+            self.store.upload_file(new_local, new_key)  # beside the old part: the manifest still names that one
+            step.state = WRITTEN
+            self._save(step)
+        self.check(f"after_part:{part['key']}")
+        return step
+
+    def _feature_rows(self, table: pa.Table) -> np.ndarray:
+        """Feature parts have no lineage column: rows whose source personal-data columns
+        (same name) hold the subject; a transformation may rename them, so an unrestricted
+        request also looks at every other string column (a pseudonym names one subject)."""
+        columns: dict[str, set[str]] = defaultdict(set)
+        for u in self.uploads.values():
+            for name, values in self.subject.columns_of(u).items():
+                columns[name] |= values
+        mask = _match(table, columns)
+        if set(self.subject.kinds) == set(KINDS) and self.subject.column is None:
+            mask |= _match_any(table, set(self.subject.pseudonyms.values()), None)
+        return mask
+
+    def _commit_container(self, step: _Step, what: str, catalog_row) -> None:
+        parts = [self.steps[k] for k in step.detail["parts"]]
+        if self.dry:
+            for s in [step] + parts:
+                s.state = DONE
+            return
+        after = step.detail["after"]
+        with self.catalog.engine.begin() as conn:
+            if what == "training_set":
+                ts = training_sets
+                conn.execute(ts.update().where(ts.c.id == catalog_row.id).values(
+                    manifest_sha256=after["sha256"], rows=after["rows"], bytes=step.detail["data_bytes"]))
+                for upload_id, n in step.detail["erased_by_upload"].items():
+                    tsf = training_set_files
+                    conn.execute(tsf.update().where(tsf.c.training_set_id == catalog_row.id,
+                                                    tsf.c.upload_id == int(upload_id))
+                                 .values(rows=tsf.c.rows - n))
+            elif what == "feature":
+                fv = feature_versions
+                conn.execute(fv.update().where(fv.c.id == catalog_row.id).values(
+                    manifest_sha256=after["sha256"], rows=after["rows"], bytes=step.detail["data_bytes"]))
+            for s in [step] + parts:
+                s.state = DONE
+                self._save(s, conn)
+        self.check(f"after_commit:{step.key}")
+        self.store.delete_many([p.key for p in parts])  # nothing names them any more
+
+    # -- quarantine: raw values, never indexed, so scanned
+
+    def _quarantine(self) -> None:
+        prefix = f"{layout.QUARANTINE}/{self.subject.tenant}/"
+        self.scanned.append(prefix)
+        objects = sorted(self.store.list(prefix), key=lambda i: i.key)
+        by_upload: dict[int, list] = defaultdict(list)
+        for info in objects:
+            upload_id = layout.upload_id_in_key(info.key)
+            if upload_id is not None:
+                by_upload[upload_id].append(info)
+        for upload_id, infos in sorted(by_upload.items()):
+            originals = [i for i in infos if "/original/" in i.key]
+            u = self.catalog.get(upload_id)
+            if u is None or u.tenant != self.subject.tenant:
+                continue
+            if originals and (u.state == QUARANTINED or originals[0].key in self.steps):
+                if self._original(u, originals[0], infos):
+                    continue
+            for info in infos:
+                if info.key.endswith("/rejected_rows.jsonl"):
+                    self._rejected_rows(u, info.key)
+                elif info.key.endswith("/report.json"):
+                    self._report(u, info.key)
+
+    def _original(self, u: Upload, original, infos) -> bool:
+        """A rejected upload's original bytes hold raw personal data by definition and may
+        not even parse: one holding the subject is deleted, with its whole quarantine
+        prefix, and the upload gets a tombstone (reason erased_subject)."""
+        step = self.steps.get(original.key)
+        if step is not None and step.state == DONE:
+            return True
+        if step is None:
+            local = self._tmp / "original"
+            _, sha = self._download(original.key, local)
+            if not self.subject.in_raw(_raw_text(local, original.key)):
+                return False
+            step = _Step(original.key, "quarantine_upload", REMOVED, WRITING, u.id, {
+                "before": {"key": original.key, "sha256": sha, "rows": None, "bytes": local.stat().st_size},
+                "reason": ERASED_REASON, "also_deleted": sorted(i.key for i in infos if i.key != original.key)})
+            self._save(step)
+        if not self.dry:
+            again = self.catalog.get(u.id)
+            if again is not None and again.state == QUARANTINED:
+                self.catalog.delete_uploads([RetentionMove(u.id, QUARANTINED, ERASED_REASON,
+                                                           {"request_id": self.request_id})], actor=self.actor)
+            self.check(f"after_tombstone:{u.id}")
+            self.store.delete_many([original.key] + step.detail["also_deleted"])
+        step.state = DONE
+        self._save(step)
+        return True
+
+    def _rejected_rows(self, u: Upload, key: str) -> None:
+        def rewrite(data: bytes) -> tuple[bytes, int, int]:
+            lines = data.splitlines(keepends=True)
+            kept = [line for line in lines if not self.subject.in_raw(line.decode("utf-8", "replace"))]
+            return b"".join(kept), len(lines), len(lines) - len(kept)
+        self._in_place(u, key, "quarantine_rejected_rows", rewrite)
+
+    def _report(self, u: Upload, key: str) -> None:
+        def rewrite(data: bytes) -> tuple[bytes, int, int]:
+            doc = json.loads(data)
+            found = [0]
+
+            def clean(value):
+                if isinstance(value, dict):
+                    return {k: clean(v) for k, v in value.items()}
+                if isinstance(value, list):
+                    return [clean(v) for v in value if not (isinstance(v, dict) and self._holds(v, found))]
+                if isinstance(value, str) and self.subject.in_raw(value):
+                    found[0] += 1
+                    return "[erased]"
+                return value
+            doc = clean(doc)
+            return json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8"), None, found[0]
+        self._in_place(u, key, "quarantine_report", rewrite)
+
+    def _holds(self, value: dict, found: list) -> bool:
+        """A sample row (a dict in a list) holding the subject goes whole."""
+        if self.subject.in_raw(json.dumps(value, ensure_ascii=False)):
+            found[0] += 1
+            return True
+        return False
+
+    def _in_place(self, u: Upload, key: str, what: str, rewrite) -> None:
+        step = self.steps.get(key)
+        if step is not None and step.state == DONE:
+            return
+        local = self._tmp / "in-place"
+        try:
+            _, sha = self._download(key, local)
+        except ObjectChanged:
+            return
+        if step is not None and sha not in (step.detail["before"]["sha256"], step.detail["after"]["sha256"]):
+            raise ErasureError(f"{key} changed while erasure {self.request_id} was under way")
+        if step is None or sha == step.detail["before"]["sha256"]:
+            new, rows, erased = rewrite(local.read_bytes())
+            if not erased:
+                return
+            step = _Step(key, what, REWRITTEN, WRITING, u.id, {
+                "before": {"key": key, "sha256": sha, "rows": rows, "bytes": local.stat().st_size},
+                "after": {"key": key, "sha256": hashlib.sha256(new).hexdigest(),
+                          "rows": None if rows is None else rows - erased, "bytes": len(new)},
+                "rows_erased": erased})
+            self._save(step)
+            if not self.dry:
+                self.store.put_bytes(key, new)
+            self.check(f"after_quarantine:{key}")
+        step.state = DONE
+        self._save(step)
+
+    # -- helpers
+
+    def _download(self, key: str, local: Path) -> tuple[Path, str]:
+        with open(local, "wb") as dst:
+            _, sha = self.store.download(key, dst)
+        return local, sha
+
+    def receipt(self, *, requested_at: datetime, completed_at: datetime | None) -> dict:
+        done = sorted((s for s in self.steps.values() if s.state == DONE), key=lambda s: (s.what, s.key))
+        entry = lambda s: {"key": s.key, "what": s.what, "upload_id": s.upload_id}  # noqa: E731
+        rewritten = [{**entry(s), "before": s.detail["before"], "after": s.detail["after"],
+                      "rows_erased": s.detail.get("rows_erased")} for s in done if s.action == REWRITTEN]
+        deleted = [{**entry(s), "before": s.detail["before"], "reason": s.detail["reason"],
+                    "also_deleted": s.detail.get("also_deleted", [])} for s in done if s.action == REMOVED]
+        skipped = [{**entry(s), "reason": s.detail["reason"]} for s in done if s.action == NOT_REWRITTEN]
+        data_rows = sum(s.detail["rows_erased"] for s in done if s.what == "data" and s.action == REWRITTEN)
+        return {
+            "kind": "erasure_receipt", "request_id": self.request_id, "tenant": self.subject.tenant,
+            "subject_sha256": self.subject.sha256, "kinds": list(self.subject.kinds), "column": self.subject.column,
+            "dry_run": self.dry, "requested_at": requested_at.isoformat(),
+            "completed_at": completed_at.isoformat() if completed_at else None,
+            "found": {"uploads": self.upload_ids, "through": "subject index (_platform/indexes/subjects/)",
+                      "scanned": [f"{layout.QUARANTINE}/{self.subject.tenant}/ (raw values are not indexed)"]},
+            "rewritten": rewritten, "deleted": deleted, "not_rewritten": skipped,
+            "counts": {"objects_rewritten": len(rewritten), "objects_deleted": len(deleted),
+                       "not_rewritten": len(skipped), "data_rows_erased": data_rows,
+                       "uploads": len(self.upload_ids)},
+            "notes": NOTES,
+        }
+
+
+# -- rows -----------------------------------------------------------------------------------------
+
+
+def _match(table: pa.Table, columns: dict[str, set[str]], upload_ids: set[int] | None = None) -> np.ndarray:
+    """True for the rows where one of `columns` holds one of its pseudonyms (and, with
+    `upload_ids`, that came from one of those uploads)."""
+    mask = np.zeros(table.num_rows, dtype=bool)
+    for name, values in columns.items():
+        if name not in table.column_names:
+            continue
+        col = table.column(name)
+        if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+            col = col.cast(pa.string())
+        mask |= pc.fill_null(pc.is_in(col, value_set=pa.array(sorted(values), col.type)), False).to_numpy(
+            zero_copy_only=False)
+    if upload_ids is not None and SOURCE_COLUMN in table.column_names and mask.any():
+        mask &= np.isin(table.column(SOURCE_COLUMN).to_numpy(zero_copy_only=False), sorted(upload_ids))
+    return mask
+
+
+def _match_any(table: pa.Table, pseudonyms: set[str], column: str | None) -> np.ndarray:
+    """Feature parts: any string column (or just `column`) holding a pseudonym."""
+    names = [f.name for f in table.schema if (pa.types.is_string(f.type) or pa.types.is_large_string(f.type))
+             and (column is None or f.name == column)]
+    return _match(table, {n: pseudonyms for n in names})
+
+
+def _filter_jsonl(src: Path, dst: Path, columns: dict[str, set[str]], ids: set[int]) -> tuple[int, np.ndarray]:
+    """Lines kept byte for byte; a line goes when its row matches."""
+    total, erased = 0, []
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        for line in f:
+            total += 1
+            row = json.loads(line)
+            if row.get(SOURCE_COLUMN) in ids and any(row.get(c) in v for c, v in columns.items()):
+                erased.append(row[SOURCE_COLUMN])
+                continue
+            out.write(line)
+    return total, np.array(erased, dtype=np.int64)
+
+
+def _filter_csv(src: Path, dst: Path, columns: dict[str, set[str]], ids: set[int]) -> tuple[int, np.ndarray]:
+    """CSV values may hold quoted newlines: read and written by DuckDB, every value as text."""
+    with duckdb.connect() as con:
+        table = con.sql(f"SELECT * FROM read_csv('{_sql(src)}', header=true, all_varchar=true, "
+                            f"quote='\"', escape='\"')").to_arrow_table()
+        mask = _match(table, columns)
+        source = np.array([int(v) if v is not None else -1 for v in table.column(SOURCE_COLUMN).to_pylist()])
+        mask &= np.isin(source, sorted(ids))
+        kept = table.filter(pa.array(~mask))  # noqa: F841 - read by DuckDB below
+        con.execute(f"COPY (SELECT * FROM kept) TO '{_sql(dst)}' (FORMAT csv, HEADER true)")
+    return table.num_rows, source[mask]
+
+
+def _sql(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def _write_parquet(table: pa.Table, path: Path, schema: pa.Schema) -> None:
+    pq.write_table(table.cast(schema), path, compression="zstd")
+
+
+def _subject_keys(table: pa.Table, u: Upload) -> pa.Array:
+    """The upload's subjects run rebuilt from its (rewritten) data: the keys of the
+    pseudonyms its personal-data columns hold, as ingestion writes them."""
+    keys = []
+    for name, kind in (u.report.get("pii_columns") or {}).items():
+        if kind == "free_text" or name not in table.column_names:
+            continue
+        for value in pc.unique(table.column(name).cast(pa.string())).to_pylist():
+            if value and value.startswith("ps_"):
+                keys.append(subject_key(value))
+    return pa.array(sorted_distinct(np.array(keys, dtype=np.int64)))
+
+
+def _raw_text(path: Path, key: str) -> str:
+    """An original upload's content as text, for the raw-value search: decompressed, and a
+    Parquet file's values as JSON; bytes that parse as neither are searched as they are."""
+    data = path.read_bytes()
+    if key.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError):
+            pass
+    if key.endswith((".parquet", ".pq")):
+        try:
+            return json.dumps(pq.read_table(path).to_pylist(), default=str, ensure_ascii=False)
+        except Exception:  # noqa: BLE001 - a corrupt file is searched as bytes
+            pass
+    return data.decode("utf-8", "replace")
+
+
+def _new_part_key(key: str, request_id: str) -> str:
+    stem, dot, ext = _PART_SUFFIX.sub("", key).rpartition(".")
+    return f"{stem}.e{request_id[:8]}.{ext}"
+
+
+def _sha(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+__all__ = ["Subject", "ErasureError", "forget", "request_id_for", "receipt_key", "request_state", "KINDS",
+           "ERASED_REASON", "RECEIPTS"]
