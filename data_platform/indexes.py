@@ -16,10 +16,8 @@ it loaded; at commit the catalog refuses (IndexChanged) if newer runs were regis
 meanwhile, and the ingestion checks its rows against those before committing again.
 """
 
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -79,12 +77,12 @@ class RunStore:
     def write(self, upload_id: int, table: pa.Table) -> StagedRun:
         """Write this upload's run (replacing an earlier attempt's) for `mark_fresh` to register."""
         key = layout.index_run_key(self.kind, self.tenant, self.dataset, upload_id)
-        # Through a local file, not memory: a 2M-row near-duplicate run is ~200 MB. Hashes
-        # do not compress; uncompressed pages also read fastest.
-        with tempfile.TemporaryDirectory(prefix="index-run-") as tmp:
-            path = Path(tmp) / "run.parquet"
-            pq.write_table(table, path, compression="none")
-            self.store.upload_file(path, key)
+        # Streamed to the store as it is encoded, never whole in memory: a 2M-row
+        # near-duplicate run is ~200 MB. Hashes do not compress; uncompressed pages also
+        # read fastest.
+        with self.store.open_write(key) as sink:
+            pq.write_table(table, sink, compression="none")
+            sink.commit()
         return StagedRun(self.kind, key, table.num_rows)
 
 

@@ -2,8 +2,10 @@
 catalog transition. Plain Python: the Dagster layer only claims uploads and calls this.
 
 The order of effects is what makes a crash at any point safe:
-  1. read the landing object once (streaming, hashed) into a local temporary file;
-  2. write the data object at a key derived from the upload id (a re-run overwrites it);
+  1. read the landing object once (streaming, hashed), parse and refine it, and stream
+     the Parquet to the data object's key as it is encoded (S3: a multipart upload);
+  2. complete the data object at a key derived from the upload id (a re-run overwrites
+     it) only once the upload is known to be kept; otherwise it is aborted;
   3. commit the catalog transition (one transaction);
   4. only then delete the landing object (a leftover is deleted by the next tick).
 Nothing the catalog points at is ever half-written, and the original bytes exist in
@@ -37,7 +39,7 @@ from data_platform.neardup import NearDupIndex
 from data_platform.privacy import Pseudonymizer, load_pseudonym_key
 from data_platform.refinement import UploadRefiner
 from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
-from data_platform.storage import HashingReader, ObjectChanged, ObjectStore
+from data_platform.storage import HashingReader, ObjectChanged, ObjectStore, ObjectWriter
 from data_platform.validation import prepare_validation
 
 log = logging.getLogger(__name__)
@@ -166,8 +168,16 @@ class Ingestor:
         near_dups.begin(upload.id)
         refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects, row_index,
                                 near_dups.index, upload.id)
+        data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
+        # Sent while it is written; it becomes the object only at commit() below, so an
+        # upload that ends up elsewhere (or a failure) leaves no data object.
+        with self.store.open_write(data_key) as data:
+            return self._ingest_into(upload, filename, tmp, rejects, refiner, row_index, near_dups, data)
+
+    def _ingest_into(self, upload: Upload, filename: str, tmp: Path, rejects: "_Rejects", refiner: UploadRefiner,
+                     row_index: RowIndex, near_dups: NearDupRuns, data: ObjectWriter) -> Outcome:
         try:
-            parsed = self._parse(upload, filename, tmp, rejects, refiner)
+            parsed = self._parse(upload, filename, tmp, rejects, refiner, data)
         except ObjectChanged:
             self.catalog.mark_vanished(upload, self.claimer)
             return Outcome(upload.id, upload.landing_key, DELETED, reason="vanished_before_ingestion")
@@ -205,7 +215,7 @@ class Ingestor:
         refiner.finish_quality(rejects.count)
         data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
         started = time.perf_counter()
-        self.store.upload_file(tmp / "data.parquet", data_key)
+        data.commit()
         if rejects.count:
             self._write_rejects(upload, sha256, rejects, rows)
         runs = [run for run in (row_index.stage(), near_dups.stage(upload.id), self._stage_subjects(upload, refiner))
@@ -245,8 +255,9 @@ class Ingestor:
                        object_key=data_key, sha256=sha256, size=size, schema=schema,
                        rejected_by_reason=dict(rejects.by_reason), refinement=report.as_dict())
 
-    def _parse(self, upload: Upload, filename: str, tmp: Path, rejects: "_Rejects", refiner: UploadRefiner):
-        """Read the landing object once and parse it into `tmp/data.parquet`.
+    def _parse(self, upload: Upload, filename: str, tmp: Path, rejects: "_Rejects", refiner: UploadRefiner,
+               data: ObjectWriter):
+        """Read the landing object once and parse it into Parquet written to `data`.
 
         Text formats stream from the GET straight into the parser (download, hashing
         and parsing overlap); Parquet needs random access and is downloaded first.
@@ -261,8 +272,7 @@ class Ingestor:
                 source = HashingReader(body)
                 try:
                     tables = _timed(read_stream_tables(source, filename, rejects), refiner.report.seconds, "parse")
-                    rows, schema = _write_parquet(refiner(read_ahead(tables)), tmp / "data.parquet",
-                                                  refiner.report.seconds)
+                    rows, schema = _write_parquet(refiner(read_ahead(tables)), data, refiner.report.seconds)
                     unreadable = None
                 except UnreadableUpload as err:
                     rows, schema, unreadable = 0, None, err
@@ -272,7 +282,7 @@ class Ingestor:
             info, sha256 = self.store.download(upload.landing_key, f, if_etag=upload.etag)
         try:
             tables = _timed(read_tables(local, filename, rejects), refiner.report.seconds, "parse")
-            rows, schema = _write_parquet(refiner(read_ahead(tables)), tmp / "data.parquet", refiner.report.seconds)
+            rows, schema = _write_parquet(refiner(read_ahead(tables)), data, refiner.report.seconds)
         except UnreadableUpload as err:
             return sha256, info.size, 0, None, err
         return sha256, info.size, rows, schema, None
@@ -408,8 +418,8 @@ def _timed(tables: Iterator[pa.Table], seconds: Counter, stage: str) -> Iterator
         yield table
 
 
-def _write_parquet(tables, path: Path, seconds: Counter | None = None) -> tuple[int, pa.Schema | None]:
-    """Stream tables into one Parquet file; returns (rows, schema).
+def _write_parquet(tables, sink, seconds: Counter | None = None) -> tuple[int, pa.Schema | None]:
+    """Stream tables into one Parquet file written to `sink`; returns (rows, schema).
 
     Encoding and compression run in a writer thread while the next table is parsed
     (both release the GIL), with at most two tables in flight to bound memory.
@@ -426,7 +436,7 @@ def _write_parquet(tables, path: Path, seconds: Counter | None = None) -> tuple[
                     continue  # drain, so the producer never blocks on a dead writer
                 try:
                     if writer is None:
-                        writer = pq.ParquetWriter(path, table.schema, compression="zstd")
+                        writer = pq.ParquetWriter(sink, table.schema, compression="zstd")
                         schema_seen.append(writer.schema)
                     started = time.perf_counter()
                     writer.write_table(table, row_group_size=128 * 1024)
