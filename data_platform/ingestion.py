@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_platform import layout
@@ -53,6 +54,7 @@ NEAR_DUP_WINDOW = 800_000
 # this many always suffice; past it the upload is released and the next run retries.
 CONCURRENT_RETRIES = 10
 SAMPLE_REJECTS = 20
+DICTIONARY_MAX_DISTINCT = 0.5  # share of distinct values up to which a column is dictionary-encoded
 
 
 @dataclass
@@ -436,7 +438,8 @@ def _write_parquet(tables, sink, seconds: Counter | None = None) -> tuple[int, p
                     continue  # drain, so the producer never blocks on a dead writer
                 try:
                     if writer is None:
-                        writer = pq.ParquetWriter(sink, table.schema, compression="zstd")
+                        writer = pq.ParquetWriter(sink, table.schema, compression="zstd",
+                                                  use_dictionary=_repeating_columns(table))
                         schema_seen.append(writer.schema)
                     started = time.perf_counter()
                     writer.write_table(table, row_group_size=128 * 1024)
@@ -463,6 +466,17 @@ def _write_parquet(tables, sink, seconds: Counter | None = None) -> tuple[int, p
     if failure:
         raise failure[0]
     return rows, schema_seen[0] if schema_seen else None
+
+
+def _repeating_columns(table: pa.Table) -> list[str]:
+    """Columns worth a dictionary encoding: at most half their values distinct in the
+    first table. On mostly distinct ones (texts, ids, pseudonyms, timestamps) Parquet
+    tries a dictionary, gives up at its size limit and writes them plain anyway: that
+    attempt was ~25% of the encoding time."""
+    return [name for name, column in zip(table.column_names, table.columns)
+            if pa.types.is_dictionary(column.type)
+            or not (pa.types.is_nested(column.type) or pa.types.is_null(column.type))
+            and pc.count_distinct(column).as_py() <= DICTIONARY_MAX_DISTINCT * len(column)]
 
 
 def quarantine_invalid_key(store: ObjectStore, catalog: Catalog, upload: Upload, why: str, actor: str) -> None:
