@@ -39,7 +39,9 @@ from data_platform.indexes import NEAR_DUP, SUBJECTS, NearDupRuns, RunStore
 from data_platform.neardup import NearDupIndex
 from data_platform.privacy import Pseudonymizer, load_pseudonym_key
 from data_platform.refinement import UploadRefiner
-from data_platform.readers import RejectedRow, UnreadableUpload, detect_format, read_stream_tables, read_tables
+from data_platform.readers import (
+    RejectedRow, UnreadableUpload, detect_format, read_ahead, read_stream_tables, read_tables,
+)
 from data_platform.storage import HashingReader, ObjectChanged, ObjectStore, ObjectWriter
 from data_platform.validation import prepare_validation
 
@@ -370,43 +372,6 @@ def _report(upload: Upload, sha256: str | None, *, reason: str, detail: str, rej
         "reported_at": datetime.now(UTC).isoformat(),
     }
     return json.dumps(report, indent=2, ensure_ascii=False).encode("utf-8")
-
-
-_DONE = object()
-
-
-def read_ahead(tables: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
-    """Run a table iterator in its own thread, `depth` tables ahead of the consumer, so
-    parsing (Arrow) overlaps validation and pseudonymisation (GX, DuckDB): each releases
-    the GIL. Exceptions reach the consumer where the table would have."""
-    pending: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for table in tables:
-                while not stop.is_set():
-                    try:
-                        pending.put(table, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            pending.put(_DONE)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer
-            pending.put(err)
-
-    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
-    thread.start()
-    try:
-        while (item := pending.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()  # the consumer stopped early (an error downstream): let the producer end
-        thread.join()
 
 
 def _timed(tables: Iterator[pa.Table], seconds: Counter, stage: str) -> Iterator[pa.Table]:

@@ -29,7 +29,7 @@ from data_platform.dedup import RowIndex, first_occurrences, row_hashes
 from data_platform.neardup import NearDupIndex, detection_text, text_columns
 from data_platform.privacy import Pseudonymizer, sorted_distinct, apply_privacy, detect_pii_columns
 from data_platform.quality import QualityReport, UploadQuality
-from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow
+from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow, read_ahead
 from data_platform.validation import ContractValidator, ExpectationOutcome, merge_outcomes
 
 
@@ -104,6 +104,13 @@ class UploadRefiner:
         self._subject_keys: list[np.ndarray] = []
 
     def __call__(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        # Two halves in two threads (each mostly outside the GIL): while one table is
+        # pseudonymised and compared for near-duplicates, the next is hashed and validated.
+        yield from self._protected(read_ahead(self._checked(tables)))
+        self.report.outcomes = merge_outcomes(self._results)
+
+    def _checked(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Repeats within the table dropped, the contract applied, rows other uploads kept dropped."""
         timed = self._stage
         for table in tables:
             hashes = None
@@ -123,8 +130,13 @@ class UploadRefiner:
                     self.report.duplicates_of_earlier_uploads += int(len(keep) - keep.sum())
                     if not keep.all():
                         table = table.filter(pa.array(keep))
-            if table.num_rows == 0:
-                continue
+            if table.num_rows:
+                yield table
+
+    def _protected(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Personal data pseudonymised, near-duplicates flagged or dropped, quality sampled."""
+        timed = self._stage
+        for table in tables:
             with timed("privacy"):
                 table = self._protect(table)
             if self.near_dups is not None:
@@ -137,7 +149,6 @@ class UploadRefiner:
                 self.quality.add(table.drop_columns([c for c in (NEAR_DUP_UPLOAD, NEAR_DUP_ROW)
                                                      if c in table.column_names]))
             yield table
-        self.report.outcomes = merge_outcomes(self._results)
 
     def _near_duplicates(self, table: pa.Table) -> pa.Table:
         """Flag (two columns saying which earlier row a row nearly repeats) or drop, as the
