@@ -74,16 +74,21 @@ class RunStore:
         # One GET per run: Parquet readers on S3 make a ranged request per read.
         return pq.read_table(pa.BufferReader(self.store.get_bytes(run.object_key)))
 
-    def write(self, upload_id: int, table: pa.Table) -> StagedRun:
+    def write(self, upload_id: int, run: pa.Table | pa.RecordBatchReader) -> StagedRun:
         """Write this upload's run (replacing an earlier attempt's) for `mark_fresh` to register."""
         key = layout.index_run_key(self.kind, self.tenant, self.dataset, upload_id)
-        # Streamed to the store as it is encoded, never whole in memory: a 2M-row
-        # near-duplicate run is ~200 MB. Hashes do not compress; uncompressed pages also
-        # read fastest.
+        # Streamed to the store batch by batch as it is encoded, never whole in memory: a
+        # 2M-row near-duplicate run is ~200 MB. Hashes do not compress; uncompressed pages
+        # also read fastest.
+        reader = run.to_reader() if isinstance(run, pa.Table) else run
+        rows = 0
         with self.store.open_write(key) as sink:
-            pq.write_table(table, sink, compression="none")
+            with pq.ParquetWriter(sink, reader.schema, compression="none") as writer:
+                for batch in reader:
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
             sink.commit()
-        return StagedRun(self.kind, key, table.num_rows)
+        return StagedRun(self.kind, key, rows)
 
 
 class SortedKeys:
@@ -153,8 +158,8 @@ class NearDupRuns:
             self.index.load_run(run.upload_id, table)
 
     def stage(self, upload_id: int) -> StagedRun | None:
-        table = self.index.run_for(upload_id)
-        return None if table is None else self.runs.write(upload_id, table)
+        run = self.index.run_reader(upload_id)
+        return None if run is None else self.runs.write(upload_id, run)
 
     def committed(self, upload_id: int) -> None:
         self.runs.loaded(upload_id)

@@ -51,8 +51,9 @@ action, and the result does not depend on how an upload is split into tables, an
 barely on how the data is split into uploads. Several text columns are compared on their concatenation
 (`detection_text`: table order, joined by a newline).
 
-Persistence: the rows an upload added form its run (`run_for`), a pyarrow Table the
-caller writes as Parquet and gives back with `load_run`, oldest first. `detect` appends
+Persistence: the rows an upload added form its run (`run_for`, or streamed by
+`run_reader`), a pyarrow Table the caller writes as Parquet and gives back with
+`load_run`, oldest first. `detect` appends
 the kept rows' run columns to a local Arrow IPC file as it goes (never held in the
 heap), and `run_for` returns it memory-mapped: every row the upload indexed, also those
 that have left the window. Runs built with other signature parameters
@@ -75,6 +76,7 @@ import threading
 import time
 import weakref
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -450,6 +452,8 @@ class _RunFile:
         self.paths: list[str] = []
         self._writer = None
         self.rows = 0
+        self.in_order = True  # rows appended in ascending order (tables detected in order)
+        self._last_row = -1
 
     def append(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
@@ -458,6 +462,19 @@ class _RunFile:
             self._writer = pa.ipc.new_file(path, self.schema)
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
+        rows = batch.column(0)
+        self.in_order = self.in_order and rows[0].as_py() > self._last_row
+        self._last_row = rows[len(rows) - 1].as_py()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The rows as appended, a batch at a time, read rather than mapped: the pages of a
+        mapped 200 MB run count in the process's memory while it is being sent."""
+        self.close()
+        for path in self.paths:
+            with pa.OSFile(path) as source:
+                reader = pa.ipc.open_file(source)
+                for i in range(reader.num_record_batches):
+                    yield reader.get_batch(i)
 
     def table(self) -> pa.Table | None:
         self.close()
@@ -556,6 +573,19 @@ class NearDupIndex:
         self._taken.add(upload_id)
         meta = {VERSION_KEY: self.params.version.encode(), UPLOAD_KEY: str(upload_id).encode()}
         return table.replace_schema_metadata(meta)
+
+    def run_reader(self, upload_id: int) -> pa.RecordBatchReader | None:
+        """`run_for` as a stream of batches with only one in memory at a time (what is
+        written to the store)."""
+        run = self._files.get(upload_id)
+        if run is None or not run.rows:
+            return None
+        if not run.in_order:
+            table = self.run_for(upload_id)
+            return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+        self._taken.add(upload_id)
+        meta = {VERSION_KEY: self.params.version.encode(), UPLOAD_KEY: str(upload_id).encode()}
+        return pa.RecordBatchReader.from_batches(self._schema.with_metadata(meta), run.batches())
 
     def persisted(self, upload_id: int) -> None:
         """The run of `upload_id` is stored: its rows stay searchable, its local run
