@@ -123,7 +123,7 @@ class SortedKeys:
     def sorted(self) -> np.ndarray:
         if not self._parts:
             return np.zeros(0, dtype=np.int64)
-        return np.sort(np.concatenate(self._parts))
+        return np.sort(np.concatenate(self._parts), kind="stable")  # sorted runs: merged by timsort
 
 
 def uploads_holding_subject(store: ObjectStore, catalog: Catalog, tenant: str, pseudonym: str) -> list[int]:
