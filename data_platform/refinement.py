@@ -142,8 +142,8 @@ class UploadRefiner:
                     if not first.all():
                         table, hashes = table.filter(pa.array(first)), hashes[first]
             with timed("validation"):
-                table, hashes = self._validate(table, hashes)
-            yield from self._claimed(table, hashes)
+                table, keep = self._validate(table, hashes)
+            yield from self._claimed(table, hashes, keep)
             if self._waiting_rows >= GX_BATCH_ROWS:
                 with timed("validation"):
                     table, hashes = self._decide_waiting()
@@ -153,15 +153,23 @@ class UploadRefiner:
                 table, hashes = self._decide_waiting()
             yield from self._claimed(table, hashes)
 
-    def _claimed(self, table: pa.Table, hashes: np.ndarray | None) -> Iterator[pa.Table]:
-        """The rows no committed upload holds and this upload did not keep yet (claimed
-        now: only rows that met the contract enter the row index)."""
+    def _claimed(self, table: pa.Table, hashes: np.ndarray | None,
+                 keep: np.ndarray | None = None) -> Iterator[pa.Table]:
+        """The rows of `keep` (None: all) that no committed upload holds and this upload
+        did not keep yet (claimed now: only rows that met the contract enter the row
+        index), in one filter."""
         if hashes is not None and len(hashes):
             with self._stage("row_index"):
-                keep = self.row_index.claim(hashes)
-                self.report.duplicates_of_earlier_uploads += int(len(keep) - keep.sum())
-                if not keep.all():
-                    table = table.filter(pa.array(keep))
+                claimed = self.row_index.claim(hashes if keep is None else hashes[keep])
+                self.report.duplicates_of_earlier_uploads += int(len(claimed) - claimed.sum())
+                if keep is None:
+                    keep = claimed
+                else:
+                    at = np.flatnonzero(keep)
+                    keep = keep.copy()
+                    keep[at] = claimed
+        if keep is not None and not keep.all():
+            table = table.filter(pa.array(keep))
         if table.num_rows:
             yield table
 
@@ -237,18 +245,18 @@ class UploadRefiner:
         the erasure index: a subject's pseudonym finds the upload without a scan)."""
         if not self._subject_keys:
             return np.zeros(0, dtype=np.int64)
-        return sorted_distinct(np.concatenate(self._subject_keys))
+        return sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)
 
     def _validate(self, table: pa.Table, hashes: np.ndarray | None) -> tuple[pa.Table, np.ndarray | None]:
-        """The rows of the table that pass the contract, cast to its types, and their
-        hashes. GX costs ~25 ms per call whatever the rows, and Arrow clears almost all
+        """The table cast to the contract's types and the mask of its rows that pass (None:
+        all of them). GX costs ~25 ms per call whatever the rows, and Arrow clears almost all
         rows: when only a few rows need GX (and no uniqueness check, which holds within a
         table), they wait, with their outcomes' place kept, and are decided with other
         tables' in one call (`_decide_waiting`). Rows failing a cast are rejected at once."""
         first_record = self.report.rows_in + 1
         self.report.rows_in += table.num_rows
         if self.contract is None:
-            return table, hashes
+            return table, None
         if self.validator is None:
             with self._stage("validation_setup"):
                 self.validator = ContractValidator(self.contract)
@@ -274,9 +282,7 @@ class UploadRefiner:
             rows.sort()
             self._reject(table, rows, first_record + rows, [failing[i] for i in rows.tolist()])
             keep[rows] = False
-        if keep.all():
-            return typed, hashes
-        return typed.filter(pa.array(keep)), None if hashes is None else hashes[keep]
+        return typed, None if keep.all() else keep
 
     def _decide_waiting(self) -> tuple[pa.Table, np.ndarray | None]:
         """Decide the waiting rows of several tables with one GX call: failing ones
@@ -325,7 +331,7 @@ class UploadRefiner:
         if len(privacy["subjects"]):
             self._subject_keys.append(privacy["subjects"])
             if len(self._subject_keys) >= 8:  # people recur across tables: keep each key once
-                self._subject_keys = [sorted_distinct(np.concatenate(self._subject_keys))]
+                self._subject_keys = [sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)]
         self.report.pseudonymised.update(privacy["pseudonymised"])
         self.report.redacted.update(privacy["redacted"])
         return table

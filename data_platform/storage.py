@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 COPY_CHUNK = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024  # parts of a streamed write (S3's minimum is 5 MiB)
-PARTS_IN_FLIGHT = 2  # a streamed write holds at most this many parts besides the one it fills
+PARTS_IN_FLIGHT = 1  # a streamed write holds at most this many parts besides the one it fills
 
 
 @dataclass(frozen=True)
