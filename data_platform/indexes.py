@@ -16,6 +16,7 @@ it loaded; at commit the catalog refuses (IndexChanged) if newer runs were regis
 meanwhile, and the ingestion checks its rows against those before committing again.
 """
 
+import contextlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -76,19 +77,47 @@ class RunStore:
 
     def write(self, upload_id: int, run: pa.Table | pa.RecordBatchReader) -> StagedRun:
         """Write this upload's run (replacing an earlier attempt's) for `mark_fresh` to register."""
-        key = layout.index_run_key(self.kind, self.tenant, self.dataset, upload_id)
-        # Streamed to the store batch by batch as it is encoded, never whole in memory: a
-        # 2M-row near-duplicate run is ~200 MB. Hashes do not compress; uncompressed pages
-        # also read fastest.
         reader = run.to_reader() if isinstance(run, pa.Table) else run
-        rows = 0
-        with self.store.open_write(key) as sink:
-            with pq.ParquetWriter(sink, reader.schema, compression="none") as writer:
-                for batch in reader:
-                    writer.write_batch(batch)
-                    rows += batch.num_rows
-            sink.commit()
-        return StagedRun(self.kind, key, rows)
+        out = self.open_run(upload_id, reader.schema)
+        try:
+            for batch in reader:
+                out.write(batch)
+        except BaseException:
+            out.abort()
+            raise
+        return out.commit()
+
+    def open_run(self, upload_id: int, schema: pa.Schema) -> "RunWriter":
+        """A run written batch by batch (e.g. while its upload is ingested), staged on commit."""
+        key = layout.index_run_key(self.kind, self.tenant, self.dataset, upload_id)
+        return RunWriter(self.store, self.kind, key, schema)
+
+
+class RunWriter:
+    """A run streamed to the store as its batches come, never whole in memory (a 2M-row
+    near-duplicate run is ~200 MB); the object exists only once committed. Hashes do not
+    compress; uncompressed pages also read fastest."""
+
+    def __init__(self, store: ObjectStore, kind: str, key: str, schema: pa.Schema):
+        self.kind, self.key, self.rows = kind, key, 0
+        self._sink = store.open_write(key)
+        self._writer = pq.ParquetWriter(self._sink, schema, compression="none")
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def commit(self) -> StagedRun:
+        self._writer.close()
+        self._sink.commit()
+        return StagedRun(self.kind, self.key, self.rows)
+
+    def abort(self) -> None:
+        # Closed first, or it would write its footer when collected; a writer that failed
+        # may fail again here, and nothing is kept either way.
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._sink.abort()
 
 
 class SortedKeys:
@@ -150,14 +179,47 @@ class NearDupRuns:
     def __init__(self, runs: RunStore, index):
         self.runs = runs
         self.index = index  # data_platform.neardup.NearDupIndex
+        # The upload being ingested has its run sent as the index stages its rows, so
+        # that little is left to send at the end (moto receives ~100 MB/s).
+        self._upload: int | None = None
+        self._stream: RunWriter | None = None
+        self._last_row = -1
+        self._streaming = False
+        index.on_staged = self._send
 
     def begin(self, upload_id: int) -> None:
         """Start (or restart) an upload: what an earlier attempt staged goes, newer runs come in."""
+        self._drop_stream()
+        self._upload, self._last_row, self._streaming = upload_id, -1, True
         self.index.forget(upload_id)
         for run, table in self.runs.load_newer():
             self.index.load_run(run.upload_id, table)
 
+    def _send(self, upload_id: int, batch: pa.RecordBatch) -> None:
+        if upload_id != self._upload or not self._streaming:
+            return
+        rows = batch.column(0)
+        if rows[0].as_py() <= self._last_row:  # out of row order: stage() sends the sorted run
+            self._drop_stream()
+            self._streaming = False
+            return
+        if self._stream is None:
+            self._stream = self.runs.open_run(upload_id, self.index.run_schema(upload_id))
+        self._stream.write(batch)
+        self._last_row = rows[len(rows) - 1].as_py()
+
+    def _drop_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.abort()
+
     def stage(self, upload_id: int) -> StagedRun | None:
+        stream, self._stream = self._stream, None
+        self._streaming = False
+        if stream is not None and upload_id == self._upload and stream.rows == self.index.staged_rows(upload_id):
+            return stream.commit()
+        if stream is not None:
+            stream.abort()
         run = self.index.run_reader(upload_id)
         return None if run is None else self.runs.write(upload_id, run)
 
@@ -166,4 +228,7 @@ class NearDupRuns:
         self.index.persisted(upload_id)  # its rows stay searchable; the local run file goes
 
     def forget(self, upload_id: int) -> None:
+        if upload_id == self._upload:
+            self._drop_stream()
+            self._streaming = False
         self.index.forget(upload_id)

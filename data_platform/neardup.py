@@ -76,7 +76,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -531,6 +531,9 @@ class NearDupIndex:
         self._files: dict[int, _RunFile] = {}  # staged rows per upload (run_for)
         self._taken: set[int] = set()  # uploads whose run was taken by run_for
         self._last_upload: int | None = None
+        # Called with (upload id, batch) for each batch of rows staged for a run, as
+        # `detect` stages them (the caller may send the run on its way meanwhile).
+        self.on_staged: Callable[[int, pa.RecordBatch], None] | None = None
         self._dir = tempfile.mkdtemp(prefix="neardup-")
         self._cleanup = weakref.finalize(self, _remove_directory, self._dir, self._files)
         schema = pa.schema([("row", pa.uint32()), ("tokens", pa.uint16()), ("sketch", pa.binary(p.sketch_bytes))]
@@ -571,8 +574,17 @@ class NearDupIndex:
         if table is None:
             return None
         self._taken.add(upload_id)
-        meta = {VERSION_KEY: self.params.version.encode(), UPLOAD_KEY: str(upload_id).encode()}
-        return table.replace_schema_metadata(meta)
+        return table.replace_schema_metadata(self.run_schema(upload_id).metadata)
+
+    def run_schema(self, upload_id: int) -> pa.Schema:
+        """The schema of `upload_id`'s run, the parameters' version and the upload in its metadata."""
+        return self._schema.with_metadata({VERSION_KEY: self.params.version.encode(),
+                                           UPLOAD_KEY: str(upload_id).encode()})
+
+    def staged_rows(self, upload_id: int) -> int:
+        """Rows staged for `upload_id`'s run so far."""
+        run = self._files.get(upload_id)
+        return run.rows if run is not None else 0
 
     def run_reader(self, upload_id: int) -> pa.RecordBatchReader | None:
         """`run_for` as a stream of batches with only one in memory at a time (what is
@@ -584,8 +596,7 @@ class NearDupIndex:
             table = self.run_for(upload_id)
             return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
         self._taken.add(upload_id)
-        meta = {VERSION_KEY: self.params.version.encode(), UPLOAD_KEY: str(upload_id).encode()}
-        return pa.RecordBatchReader.from_batches(self._schema.with_metadata(meta), run.batches())
+        return pa.RecordBatchReader.from_batches(self.run_schema(upload_id), run.batches())
 
     def persisted(self, upload_id: int) -> None:
         """The run of `upload_id` is stored: its rows stay searchable, its local run
@@ -692,7 +703,10 @@ class NearDupIndex:
                    pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.params.sketch_bytes), n,
                                                         [None, pa.py_buffer(np.ascontiguousarray(sketch))])]
         columns += [pa.array(np.ascontiguousarray(keys[:, j])) for j in range(keys.shape[1])]
-        run.append(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+        batch = pa.RecordBatch.from_arrays(columns, schema=self._schema)
+        run.append(batch)
+        if self.on_staged is not None:
+            self.on_staged(upload_id, batch)
 
     def _build(self) -> None:
         """Add loaded runs to the index, oldest first (only the rows the window keeps)."""
