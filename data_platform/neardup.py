@@ -53,10 +53,10 @@ barely on how the data is split into uploads. Several text columns are compared 
 
 Persistence: the rows an upload added form its run (`run_for`, or streamed by
 `run_reader`), a pyarrow Table the caller writes as Parquet and gives back with
-`load_run`, oldest first. `detect` appends
-the kept rows' run columns to a local Arrow IPC file as it goes (never held in the
-heap), and `run_for` returns it memory-mapped: every row the upload indexed, also those
-that have left the window. Runs built with other signature parameters
+`load_run`, oldest first. `detect` appends the kept rows' run columns to a local Arrow
+IPC file as it goes (never held in the heap) and hands each batch to `on_staged` if set
+(the ingestion streams the run to the store meanwhile); `run_for` returns it
+memory-mapped: every row the upload indexed, also those that have left the window. Runs built with other signature parameters
 (`MinHashParams.version` in the schema metadata) are skipped with a reason (`skipped`),
 never mixed. Only the `max_rows` newest rows are searched (older runs are not loaded).
 `forget` makes an upload's rows unmatchable at once; they leave the ring as it turns.
