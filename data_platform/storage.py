@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 
 COPY_CHUNK = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
-PART_BYTES = 8 * 1024 * 1024  # parts of a streamed write (S3's minimum is 5 MiB)
+PART_BYTES = 5 * 1024 * 1024  # parts of a streamed write: S3's minimum, to hold little memory
 PARTS_IN_FLIGHT = 1  # a streamed write holds at most this many parts besides the one it fills
 
 
@@ -474,13 +474,13 @@ class _S3Writer(ObjectWriter):
     def _write(self, data) -> int:
         n = memoryview(data).nbytes
         self._buffer += data
-        # parts grow after every 1,000 so that 10,000 (S3's limit) hold 400+ GB
+        # parts grow after every 1,000 so that 10,000 (S3's limit) hold 270+ GB
         if len(self._buffer) >= PART_BYTES * (1 + len(self._parts) // 1000):
-            self._send(bytes(self._buffer))
-            self._buffer.clear()
+            self._send(self._buffer)  # handed over whole, not copied: a new buffer fills
+            self._buffer = bytearray()
         return n
 
-    def _send(self, body: bytes) -> None:
+    def _send(self, body: bytearray) -> None:
         if self._upload_id is None:
             self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s3-parts")
@@ -498,11 +498,11 @@ class _S3Writer(ObjectWriter):
 
     def _commit(self) -> None:
         if self._upload_id is None:
-            self._client.put_object(Bucket=self._bucket, Key=self._key, Body=bytes(self._buffer))
+            self._client.put_object(Bucket=self._bucket, Key=self._key, Body=self._buffer)
             return
         if self._buffer:
-            self._send(bytes(self._buffer))
-            self._buffer.clear()
+            self._send(self._buffer)
+            self._buffer = bytearray()
         while self._sending:
             self._sending.popleft().result()
         self._sender.shutdown()
