@@ -31,7 +31,7 @@ import pyarrow.fs as pafs
 
 COPY_CHUNK = 8 * 1024 * 1024
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
-PART_BYTES = 5 * 1024 * 1024  # parts of a streamed write: S3's minimum, to hold little memory
+PART_BYTES = 8 * 1024 * 1024  # parts of a streamed write (S3's minimum is 5 MiB; 5 cost more CPU, saved no RSS)
 PARTS_IN_FLIGHT = 1  # a streamed write holds at most this many parts besides the one it fills
 
 
@@ -474,7 +474,7 @@ class _S3Writer(ObjectWriter):
     def _write(self, data) -> int:
         n = memoryview(data).nbytes
         self._buffer += data
-        # parts grow after every 1,000 so that 10,000 (S3's limit) hold 270+ GB
+        # parts grow after every 1,000 so that 10,000 (S3's limit) hold 400+ GB
         if len(self._buffer) >= PART_BYTES * (1 + len(self._parts) // 1000):
             self._send(self._buffer)  # handed over whole, not copied: a new buffer fills
             self._buffer = bytearray()
