@@ -16,10 +16,9 @@ it loaded; at commit the catalog refuses (IndexChanged) if newer runs were regis
 meanwhile, and the ingestion checks its rows against those before committing again.
 """
 
-import tempfile
+import contextlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -76,16 +75,49 @@ class RunStore:
         # One GET per run: Parquet readers on S3 make a ranged request per read.
         return pq.read_table(pa.BufferReader(self.store.get_bytes(run.object_key)))
 
-    def write(self, upload_id: int, table: pa.Table) -> StagedRun:
+    def write(self, upload_id: int, run: pa.Table | pa.RecordBatchReader) -> StagedRun:
         """Write this upload's run (replacing an earlier attempt's) for `mark_fresh` to register."""
+        reader = run.to_reader() if isinstance(run, pa.Table) else run
+        out = self.open_run(upload_id, reader.schema)
+        try:
+            for batch in reader:
+                out.write(batch)
+        except BaseException:
+            out.abort()
+            raise
+        return out.commit()
+
+    def open_run(self, upload_id: int, schema: pa.Schema) -> "RunWriter":
+        """A run written batch by batch (e.g. while its upload is ingested), staged on commit."""
         key = layout.index_run_key(self.kind, self.tenant, self.dataset, upload_id)
-        # Through a local file, not memory: a 2M-row near-duplicate run is ~200 MB. Hashes
-        # do not compress; uncompressed pages also read fastest.
-        with tempfile.TemporaryDirectory(prefix="index-run-") as tmp:
-            path = Path(tmp) / "run.parquet"
-            pq.write_table(table, path, compression="none")
-            self.store.upload_file(path, key)
-        return StagedRun(self.kind, key, table.num_rows)
+        return RunWriter(self.store, self.kind, key, schema)
+
+
+class RunWriter:
+    """A run streamed to the store as its batches come, never whole in memory (a 2M-row
+    near-duplicate run is ~200 MB); the object exists only once committed. Hashes do not
+    compress; uncompressed pages also read fastest."""
+
+    def __init__(self, store: ObjectStore, kind: str, key: str, schema: pa.Schema):
+        self.kind, self.key, self.rows = kind, key, 0
+        self._sink = store.open_write(key)
+        self._writer = pq.ParquetWriter(self._sink, schema, compression="none")
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def commit(self) -> StagedRun:
+        self._writer.close()
+        self._sink.commit()
+        return StagedRun(self.kind, self.key, self.rows)
+
+    def abort(self) -> None:
+        # Closed first, or it would write its footer when collected; a writer that failed
+        # may fail again here, and nothing is kept either way.
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        self._sink.abort()
 
 
 class SortedKeys:
@@ -120,7 +152,7 @@ class SortedKeys:
     def sorted(self) -> np.ndarray:
         if not self._parts:
             return np.zeros(0, dtype=np.int64)
-        return np.sort(np.concatenate(self._parts))
+        return np.sort(np.concatenate(self._parts), kind="stable")  # sorted runs: merged by timsort
 
 
 def uploads_holding_subject(store: ObjectStore, catalog: Catalog, tenant: str, pseudonym: str) -> list[int]:
@@ -147,20 +179,56 @@ class NearDupRuns:
     def __init__(self, runs: RunStore, index):
         self.runs = runs
         self.index = index  # data_platform.neardup.NearDupIndex
+        # The upload being ingested has its run sent as the index stages its rows, so
+        # that little is left to send at the end (moto receives ~100 MB/s).
+        self._upload: int | None = None
+        self._stream: RunWriter | None = None
+        self._last_row = -1
+        self._streaming = False
+        index.on_staged = self._send
 
     def begin(self, upload_id: int) -> None:
         """Start (or restart) an upload: what an earlier attempt staged goes, newer runs come in."""
+        self._drop_stream()
+        self._upload, self._last_row, self._streaming = upload_id, -1, True
         self.index.forget(upload_id)
         for run, table in self.runs.load_newer():
             self.index.load_run(run.upload_id, table)
 
+    def _send(self, upload_id: int, batch: pa.RecordBatch) -> None:
+        if upload_id != self._upload or not self._streaming:
+            return
+        rows = batch.column(0)
+        if rows[0].as_py() <= self._last_row:  # out of row order: stage() sends the sorted run
+            self._drop_stream()
+            self._streaming = False
+            return
+        if self._stream is None:
+            self._stream = self.runs.open_run(upload_id, self.index.run_schema(upload_id))
+        self._stream.write(batch)
+        self._last_row = rows[len(rows) - 1].as_py()
+
+    def _drop_stream(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.abort()
+
     def stage(self, upload_id: int) -> StagedRun | None:
-        table = self.index.run_for(upload_id)
-        return None if table is None else self.runs.write(upload_id, table)
+        stream, self._stream = self._stream, None
+        self._streaming = False
+        if stream is not None and upload_id == self._upload and stream.rows == self.index.staged_rows(upload_id):
+            return stream.commit()
+        if stream is not None:
+            stream.abort()
+        run = self.index.run_reader(upload_id)
+        return None if run is None else self.runs.write(upload_id, run)
 
     def committed(self, upload_id: int) -> None:
         self.runs.loaded(upload_id)
         self.index.persisted(upload_id)  # its rows stay searchable; the local run file goes
 
     def forget(self, upload_id: int) -> None:
+        if upload_id == self._upload:
+            self._drop_stream()
+            self._streaming = False
         self.index.forget(upload_id)

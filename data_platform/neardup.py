@@ -51,11 +51,12 @@ action, and the result does not depend on how an upload is split into tables, an
 barely on how the data is split into uploads. Several text columns are compared on their concatenation
 (`detection_text`: table order, joined by a newline).
 
-Persistence: the rows an upload added form its run (`run_for`), a pyarrow Table the
-caller writes as Parquet and gives back with `load_run`, oldest first. `detect` appends
-the kept rows' run columns to a local Arrow IPC file as it goes (never held in the
-heap), and `run_for` returns it memory-mapped: every row the upload indexed, also those
-that have left the window. Runs built with other signature parameters
+Persistence: the rows an upload added form its run (`run_for`, or streamed by
+`run_reader`), a pyarrow Table the caller writes as Parquet and gives back with
+`load_run`, oldest first. `detect` appends the kept rows' run columns to a local Arrow
+IPC file as it goes (never held in the heap) and hands each batch to `on_staged` if set
+(the ingestion streams the run to the store meanwhile); `run_for` returns it
+memory-mapped: every row the upload indexed, also those that have left the window. Runs built with other signature parameters
 (`MinHashParams.version` in the schema metadata) are skipped with a reason (`skipped`),
 never mixed. Only the `max_rows` newest rows are searched (older runs are not loaded).
 `forget` makes an upload's rows unmatchable at once; they leave the ring as it turns.
@@ -75,6 +76,7 @@ import threading
 import time
 import weakref
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -450,6 +452,8 @@ class _RunFile:
         self.paths: list[str] = []
         self._writer = None
         self.rows = 0
+        self.in_order = True  # rows appended in ascending order (tables detected in order)
+        self._last_row = -1
 
     def append(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
@@ -458,6 +462,19 @@ class _RunFile:
             self._writer = pa.ipc.new_file(path, self.schema)
         self._writer.write_batch(batch)
         self.rows += batch.num_rows
+        rows = batch.column(0)
+        self.in_order = self.in_order and rows[0].as_py() > self._last_row
+        self._last_row = rows[len(rows) - 1].as_py()
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The rows as appended, a batch at a time, read rather than mapped: the pages of a
+        mapped 200 MB run count in the process's memory while it is being sent."""
+        self.close()
+        for path in self.paths:
+            with pa.OSFile(path) as source:
+                reader = pa.ipc.open_file(source)
+                for i in range(reader.num_record_batches):
+                    yield reader.get_batch(i)
 
     def table(self) -> pa.Table | None:
         self.close()
@@ -514,6 +531,9 @@ class NearDupIndex:
         self._files: dict[int, _RunFile] = {}  # staged rows per upload (run_for)
         self._taken: set[int] = set()  # uploads whose run was taken by run_for
         self._last_upload: int | None = None
+        # Called with (upload id, batch) for each batch of rows staged for a run, as
+        # `detect` stages them (the caller may send the run on its way meanwhile).
+        self.on_staged: Callable[[int, pa.RecordBatch], None] | None = None
         self._dir = tempfile.mkdtemp(prefix="neardup-")
         self._cleanup = weakref.finalize(self, _remove_directory, self._dir, self._files)
         schema = pa.schema([("row", pa.uint32()), ("tokens", pa.uint16()), ("sketch", pa.binary(p.sketch_bytes))]
@@ -554,8 +574,29 @@ class NearDupIndex:
         if table is None:
             return None
         self._taken.add(upload_id)
-        meta = {VERSION_KEY: self.params.version.encode(), UPLOAD_KEY: str(upload_id).encode()}
-        return table.replace_schema_metadata(meta)
+        return table.replace_schema_metadata(self.run_schema(upload_id).metadata)
+
+    def run_schema(self, upload_id: int) -> pa.Schema:
+        """The schema of `upload_id`'s run, the parameters' version and the upload in its metadata."""
+        return self._schema.with_metadata({VERSION_KEY: self.params.version.encode(),
+                                           UPLOAD_KEY: str(upload_id).encode()})
+
+    def staged_rows(self, upload_id: int) -> int:
+        """Rows staged for `upload_id`'s run so far."""
+        run = self._files.get(upload_id)
+        return run.rows if run is not None else 0
+
+    def run_reader(self, upload_id: int) -> pa.RecordBatchReader | None:
+        """`run_for` as a stream of batches with only one in memory at a time (what is
+        written to the store)."""
+        run = self._files.get(upload_id)
+        if run is None or not run.rows:
+            return None
+        if not run.in_order:
+            table = self.run_for(upload_id)
+            return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+        self._taken.add(upload_id)
+        return pa.RecordBatchReader.from_batches(self.run_schema(upload_id), run.batches())
 
     def persisted(self, upload_id: int) -> None:
         """The run of `upload_id` is stored: its rows stay searchable, its local run
@@ -662,7 +703,10 @@ class NearDupIndex:
                    pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.params.sketch_bytes), n,
                                                         [None, pa.py_buffer(np.ascontiguousarray(sketch))])]
         columns += [pa.array(np.ascontiguousarray(keys[:, j])) for j in range(keys.shape[1])]
-        run.append(pa.RecordBatch.from_arrays(columns, schema=self._schema))
+        batch = pa.RecordBatch.from_arrays(columns, schema=self._schema)
+        run.append(batch)
+        if self.on_staged is not None:
+            self.on_staged(upload_id, batch)
 
     def _build(self) -> None:
         """Add loaded runs to the index, oldest first (only the rows the window keeps)."""

@@ -16,7 +16,9 @@ Reason codes (documented in the README):
 import gzip
 import io
 import json
+import queue
 import re
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -561,3 +563,46 @@ def _parquet_tables(path: Path, gzipped: bool) -> Iterator[pa.Table]:
             yield normalise(pa.Table.from_batches([batch]), schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as err:
         raise UnreadableUpload("unreadable_parquet", str(err)) from err
+
+
+_DONE = object()
+
+
+def read_ahead(tables: Iterator[pa.Table], depth: int = 1) -> Iterator[pa.Table]:
+    """Run a table iterator in its own thread, `depth` tables ahead of the consumer, so
+    that stages overlap: parsing (Arrow) with the refinement, and the refinement's first
+    half (row hashes, validation) with its second (pseudonyms, near-duplicates); most of
+    each releases the GIL. Exceptions reach the consumer where the table would have."""
+    pending: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for table in tables:
+                while not stop.is_set():
+                    try:
+                        pending.put(table, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            pending.put(_DONE)
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer
+            pending.put(err)
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := pending.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the consumer stopped early (an error downstream): let the producer end,
+        while thread.is_alive():  # also if it is blocked handing over its last item
+            try:
+                pending.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()

@@ -29,14 +29,30 @@ from data_platform.dedup import RowIndex, first_occurrences, row_hashes
 from data_platform.neardup import NearDupIndex, detection_text, text_columns
 from data_platform.privacy import Pseudonymizer, sorted_distinct, apply_privacy, detect_pii_columns
 from data_platform.quality import QualityReport, UploadQuality
-from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow
-from data_platform.validation import ContractValidator, ExpectationOutcome, merge_outcomes
+from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow, read_ahead
+from data_platform.validation import ContractValidator, ExpectationOutcome, PreparedTable, merge_outcomes
 
 
 # With `near_duplicates: flag` (the default), every table of the upload gains these two
 # columns: the upload and row (in its data object) that a row nearly repeats, else null.
 NEAR_DUP_UPLOAD = "_near_duplicate_of_upload"
 NEAR_DUP_ROW = "_near_duplicate_of_row"
+# Rows that only GX can decide wait until this many are gathered (from several tables),
+# then go to GX in one call; a table waits only if at most this share of it needs GX.
+GX_BATCH_ROWS = 32_768
+GX_DEFER_SHARE = 0.25
+
+
+@dataclass
+class _Waiting:
+    """A table's rows waiting for GX: their raw and cast values, hashes and record numbers."""
+
+    slot: int  # index of the table's outcomes in UploadRefiner._results
+    prepared: PreparedTable
+    first_record: int
+    raw: pa.Table  # as parsed, for the rejected rows' report
+    typed: pa.Table
+    hashes: np.ndarray | None
 
 
 @dataclass
@@ -99,11 +115,22 @@ class UploadRefiner:
         # Expectations (~3.5 s), which `prepare_validation` may have started meanwhile.
         self.validator: ContractValidator | None = None
         self.quality = UploadQuality()
-        self._results: list[list[ExpectationOutcome]] = []
+        self._results: list[list[ExpectationOutcome]] = []  # per validated table, in order
+        self._waiting: list[_Waiting] = []  # tables whose rows GX has still to decide
+        self._waiting_rows = 0
         self._pii_decided = False
         self._subject_keys: list[np.ndarray] = []
 
     def __call__(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        # Two halves in two threads (each mostly outside the GIL): while one table is
+        # pseudonymised and compared for near-duplicates, the next is hashed and validated.
+        yield from self._protected(read_ahead(self._checked(tables)))
+        self.report.outcomes = merge_outcomes(self._results)
+
+    def _checked(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Repeats within the table dropped, the contract applied, rows other uploads kept
+        dropped. Rows that only GX can decide wait for a batch (see `_validate`); those
+        that pass come out later, as a table of their own."""
         timed = self._stage
         for table in tables:
             hashes = None
@@ -115,16 +142,41 @@ class UploadRefiner:
                     if not first.all():
                         table, hashes = table.filter(pa.array(first)), hashes[first]
             with timed("validation"):
-                table, valid = self._validate(table)
-            if hashes is not None:
-                with timed("row_index"):
-                    hashes = hashes[valid]
-                    keep = self.row_index.claim(hashes)
-                    self.report.duplicates_of_earlier_uploads += int(len(keep) - keep.sum())
-                    if not keep.all():
-                        table = table.filter(pa.array(keep))
-            if table.num_rows == 0:
-                continue
+                table, keep = self._validate(table, hashes)
+            yield from self._claimed(table, hashes, keep)
+            if self._waiting_rows >= GX_BATCH_ROWS:
+                with timed("validation"):
+                    table, hashes = self._decide_waiting()
+                yield from self._claimed(table, hashes)
+        if self._waiting:
+            with timed("validation"):
+                table, hashes = self._decide_waiting()
+            yield from self._claimed(table, hashes)
+
+    def _claimed(self, table: pa.Table, hashes: np.ndarray | None,
+                 keep: np.ndarray | None = None) -> Iterator[pa.Table]:
+        """The rows of `keep` (None: all) that no committed upload holds and this upload
+        did not keep yet (claimed now: only rows that met the contract enter the row
+        index), in one filter."""
+        if hashes is not None and len(hashes):
+            with self._stage("row_index"):
+                claimed = self.row_index.claim(hashes if keep is None else hashes[keep])
+                self.report.duplicates_of_earlier_uploads += int(len(claimed) - claimed.sum())
+                if keep is None:
+                    keep = claimed
+                else:
+                    at = np.flatnonzero(keep)
+                    keep = keep.copy()
+                    keep[at] = claimed
+        if keep is not None and not keep.all():
+            table = table.filter(pa.array(keep))
+        if table.num_rows:
+            yield table
+
+    def _protected(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Personal data pseudonymised, near-duplicates flagged or dropped, quality sampled."""
+        timed = self._stage
+        for table in tables:
             with timed("privacy"):
                 table = self._protect(table)
             if self.near_dups is not None:
@@ -137,7 +189,6 @@ class UploadRefiner:
                 self.quality.add(table.drop_columns([c for c in (NEAR_DUP_UPLOAD, NEAR_DUP_ROW)
                                                      if c in table.column_names]))
             yield table
-        self.report.outcomes = merge_outcomes(self._results)
 
     def _near_duplicates(self, table: pa.Table) -> pa.Table:
         """Flag (two columns saying which earlier row a row nearly repeats) or drop, as the
@@ -194,37 +245,78 @@ class UploadRefiner:
         the erasure index: a subject's pseudonym finds the upload without a scan)."""
         if not self._subject_keys:
             return np.zeros(0, dtype=np.int64)
-        return sorted_distinct(np.concatenate(self._subject_keys))
+        return sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)
 
-    def _validate(self, table: pa.Table) -> tuple[pa.Table, np.ndarray]:
-        """The rows that pass the contract, cast to its types, and their mask."""
+    def _validate(self, table: pa.Table, hashes: np.ndarray | None) -> tuple[pa.Table, np.ndarray | None]:
+        """The table cast to the contract's types and the mask of its rows that pass (None:
+        all of them). GX costs ~25 ms per call whatever the rows, and Arrow clears almost all
+        rows: when only a few rows need GX (and no uniqueness check, which holds within a
+        table), they wait, with their outcomes' place kept, and are decided with other
+        tables' in one call (`_decide_waiting`). Rows failing a cast are rejected at once."""
         first_record = self.report.rows_in + 1
         self.report.rows_in += table.num_rows
-        all_rows = np.ones(table.num_rows, dtype=bool)
         if self.contract is None:
-            return table, all_rows
+            return table, None
         if self.validator is None:
             with self._stage("validation_setup"):
                 self.validator = ContractValidator(self.contract)
-        result = self.validator.validate(table)
-        # Only the outcomes: the result also holds the typed table, which must not live
-        # until the end of the upload (it did: RSS grew with the upload's size).
-        self._results.append(result.outcomes)
-        typed = result.typed_table if result.typed_table is not None else table
-        if not result.failing_rows:
-            return typed, all_rows
-        failing = sorted(result.failing_rows)
-        rows = table.take(pa.array(failing, pa.int64())).to_pylist()
-        for i, row in zip(failing, rows):
-            check = result.failing_rows[i]
+        prepared, typed = self.validator.prepare(table)
+        n = table.num_rows
+        if prepared.deferrable and len(prepared.gx_rows) <= GX_DEFER_SHARE * n:
+            waiting = prepared.gx_rows
+            self._waiting.append(_Waiting(len(self._results), prepared, first_record,
+                                          table.take(pa.array(waiting)), typed.take(pa.array(waiting)),
+                                          None if hashes is None else hashes[waiting]))
+            self._waiting_rows += len(waiting)
+            self._results.append([])  # filled in when decided: outcomes stay in table order
+            failing = prepared.first_reasons()
+            keep = np.ones(n, dtype=bool)
+            keep[waiting] = False
+        else:
+            result = self.validator.decide([prepared])[0]
+            self._results.append(result.outcomes)
+            failing = result.failing_rows
+            keep = np.ones(n, dtype=bool)
+        if failing:
+            rows = np.fromiter(failing, dtype=np.int64, count=len(failing))
+            rows.sort()
+            self._reject(table, rows, first_record + rows, [failing[i] for i in rows.tolist()])
+            keep[rows] = False
+        return typed, None if keep.all() else keep
+
+    def _decide_waiting(self) -> tuple[pa.Table, np.ndarray | None]:
+        """Decide the waiting rows of several tables with one GX call: failing ones
+        rejected with their check (and record number) as if decided with their table,
+        the others returned as one table, with their hashes."""
+        waiting, self._waiting, self._waiting_rows = self._waiting, [], 0
+        results = self.validator.decide([w.prepared for w in waiting])
+        tables, hashes = [], []
+        for w, result in zip(waiting, results):
+            self._results[w.slot] = result.outcomes
+            checks = {c.name for c in w.prepared.checks}
+            # The casts' failures were rejected when the table came; these are GX's.
+            failing = {row: check for row, check in result.failing_rows.items() if check in checks}
+            keep = np.ones(len(w.prepared.gx_rows), dtype=bool)
+            if failing:
+                rows = np.fromiter(failing, dtype=np.int64, count=len(failing))
+                rows.sort()
+                at = np.searchsorted(w.prepared.gx_rows, rows)
+                self._reject(w.raw, at, w.first_record + rows, [failing[i] for i in rows.tolist()])
+                keep[at] = False
+            tables.append(w.typed.filter(pa.array(keep)))
+            if w.hashes is not None:
+                hashes.append(w.hashes[keep])
+        return pa.concat_tables(tables), np.concatenate(hashes) if hashes else None
+
+    def _reject(self, raw: pa.Table, at: np.ndarray, records: np.ndarray, checks: list[str]) -> None:
+        """Reject the rows of `raw` at positions `at` (their record numbers, failing checks)."""
+        rows = raw.take(pa.array(at, pa.int64())).to_pylist()
+        for record, check, row in zip(records.tolist(), checks, rows):
             self.report.failing_by_check[check] += 1
             self.on_rejected(RejectedRow(
-                first_record + i, check, f"record {first_record + i} fails {check}",
+                record, check, f"record {record} fails {check}",
                 json.dumps(row, default=str, ensure_ascii=False)[:RAW_ROW_LIMIT]))
-        self.report.rows_failing += len(failing)
-        valid = all_rows
-        valid[failing] = False
-        return typed.filter(pa.array(valid)), valid
+        self.report.rows_failing += len(rows)
 
     def _protect(self, table: pa.Table) -> pa.Table:
         if not self._pii_decided:  # once per upload, so every table is treated alike
@@ -239,7 +331,7 @@ class UploadRefiner:
         if len(privacy["subjects"]):
             self._subject_keys.append(privacy["subjects"])
             if len(self._subject_keys) >= 8:  # people recur across tables: keep each key once
-                self._subject_keys = [sorted_distinct(np.concatenate(self._subject_keys))]
+                self._subject_keys = [sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)]
         self.report.pseudonymised.update(privacy["pseudonymised"])
         self.report.redacted.update(privacy["redacted"])
         return table

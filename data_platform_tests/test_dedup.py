@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from data_platform import layout
 from data_platform.catalog import Catalog, Identity, IndexChanged
 from data_platform.dedup import RowIndex, first_occurrences, row_hashes
 from data_platform.indexes import RunStore, SortedKeys
@@ -190,3 +191,32 @@ def test_concurrent_ingestions_of_one_dataset_keep_each_row_once(s3_store, postg
     dataset_id = catalog.dataset_id("acme", "tickets")
     runs = catalog.index_runs(dataset_id, "rows")
     assert sum(r.entries for r in runs) == len(kept)
+
+
+def test_near_duplicate_run_is_sent_while_staged_and_equals_the_staged_run(s3_store, catalog):
+    """The run of the upload being ingested goes to the store as the index stages its
+    rows, and is the same object as the run sent whole at the end (also when tables come
+    out of row order, and nothing is left when the upload is given up)."""
+    from data_platform.indexes import NEAR_DUP, NearDupRuns
+    from data_platform.neardup import NearDupIndex
+
+    texts = [f"ticket {i} about vm-{i} failing with E{i} since monday" for i in range(40)]
+    runs = NearDupRuns(RunStore(s3_store, catalog, "acme", "tickets", NEAR_DUP), NearDupIndex())
+    bucket = s3_store._client.list_multipart_uploads
+    for upload_id, starts in ((1, (0, 10, 20, 30)), (2, (30, 0, 10, 20))):
+        runs.begin(upload_id)
+        for start in starts:
+            runs.index.detect(pa.array(texts[start:start + 10]), upload_id, start)
+        sent = runs._stream.rows if runs._stream else 0  # written to the store's stream so far
+        assert sent == (40 if upload_id == 1 else 0)  # out of row order: sent whole at the end
+        expected = runs.index.run_for(upload_id)
+        staged = runs.stage(upload_id)
+        assert staged.entries == 40
+        stored = pq.read_table(pa.BufferReader(s3_store.get_bytes(staged.object_key)))
+        assert stored.equals(expected, check_metadata=True)
+        runs.forget(upload_id)  # not kept after all: the next upload's texts match nothing
+    runs.begin(3)
+    runs.index.detect(pa.array([t + " again and again" for t in texts[:10]]), 3, 0)
+    runs.forget(3)
+    assert not bucket(Bucket=s3_store.bucket).get("Uploads")
+    assert s3_store.head(layout.index_run_key(NEAR_DUP, "acme", "tickets", 3)) is None

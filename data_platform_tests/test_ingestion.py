@@ -148,10 +148,11 @@ class ProcessDied(BaseException):
     """Not an Exception: nothing in the code catches it, as with a killed process."""
 
 
-@pytest.mark.parametrize("crash_at", ["open_read", "upload_file", "mark_fresh", "delete_if_unchanged"])
+@pytest.mark.parametrize("crash_at", ["open_read", "data_written", "mark_fresh", "delete_if_unchanged"])
 def test_crash_at_each_step_loses_nothing_and_rerun_converges(s3_store, postgresql_catalog, monkeypatch, crash_at):
-    """The process dies before reading, after writing data, at the commit, or after the
-    commit but before the landing delete. The next tick and run converge."""
+    """The process dies before reading, after writing data (the data object completed),
+    at the commit, or after the commit but before the landing delete. The next tick and
+    run converge."""
     import sqlalchemy as sa
 
     from data_platform.catalog.schema import uploads
@@ -164,17 +165,29 @@ def test_crash_at_each_step_loses_nothing_and_rerun_converges(s3_store, postgres
     scan_landing(store, catalog)
 
     target = catalog if crash_at == "mark_fresh" else store
-    original = getattr(target, crash_at)
+    method = "open_write" if crash_at == "data_written" else crash_at
+    original = getattr(target, method)
 
     def crash(*args, **kwargs):
         if crash_at != "mark_fresh":
             original(*args, **kwargs)  # the effect happens, then the process dies
         raise ProcessDied(crash_at)
 
-    monkeypatch.setattr(target, crash_at, crash)
+    def open_write(key):
+        writer = original(key)
+        if key.startswith("data/"):
+            commit = writer.commit
+
+            def commit_then_die():
+                commit()  # the data object is complete, then the process dies
+                raise ProcessDied(crash_at)
+            writer.commit = commit_then_die
+        return writer
+
+    monkeypatch.setattr(target, method, open_write if crash_at == "data_written" else crash)
     with pytest.raises(ProcessDied):
         ingest_pending(store, catalog, "acme", "tickets", claimer="run-1")
-    monkeypatch.setattr(target, crash_at, original)
+    monkeypatch.setattr(target, method, original)
     # The original bytes are still in landing, or the catalog already says where they went.
     if store.head(key) is not None:
         assert store.get_bytes(key) == jsonl(ROWS)
@@ -200,12 +213,12 @@ def test_upload_that_keeps_failing_is_quarantined_after_max_attempts(local_store
 
     local_store.put_bytes("landing/acme/tickets/a.jsonl", jsonl(ROWS))
     scan_landing(local_store, sqlite_catalog)
-    original = local_store.upload_file
-    monkeypatch.setattr(local_store, "upload_file", lambda *a: (_ for _ in ()).throw(OSError("disk on fire")))
+    original = local_store.open_write
+    monkeypatch.setattr(local_store, "open_write", lambda *a: (_ for _ in ()).throw(OSError("disk on fire")))
     for _ in range(ingestion.MAX_ATTEMPTS):
         result = ingest_pending(local_store, sqlite_catalog, "acme", "tickets", claimer="r")
         assert len(result.failures) == 1 and "disk on fire" in result.failures[0][2]
-    monkeypatch.setattr(local_store, "upload_file", original)
+    monkeypatch.setattr(local_store, "open_write", original)
     result = ingest_pending(local_store, sqlite_catalog, "acme", "tickets", claimer="r")
     upload = status(sqlite_catalog, "landing/acme/tickets/a.jsonl")
     assert (upload.state, upload.reason) == (QUARANTINED, "ingestion_failed")

@@ -238,6 +238,22 @@ def test_flagged_rows_are_not_indexed_and_runs_hold_kept_rows():
     assert detect_all(index, [TEN], upload_id=4).matched_row.tolist() == [10]
 
 
+def test_run_reader_streams_the_run_batch_by_batch():
+    texts = [f"ticket {i} about vm-{i} failing with E{i}" for i in range(30)]
+    index = NearDupIndex()
+    for start in range(0, 30, 10):  # three tables, in order: read from the files
+        index.detect(pa.array(texts[start:start + 10]), 1, start)
+    reader = index.run_reader(1)
+    assert reader.read_all().equals(index.run_for(1), check_metadata=True)
+    assert index.run_reader(99) is None
+    shuffled = NearDupIndex()
+    for start in (20, 0, 10):  # out of order: sorted by row, as run_for does
+        shuffled.detect(pa.array(texts[start:start + 10]), 1, start)
+    run = shuffled.run_reader(1).read_all()
+    assert run.column("row").to_pylist() == list(range(30))
+    assert run.equals(index.run_for(1), check_metadata=True)
+
+
 def _roundtrip(run: pa.Table) -> pa.Table:
     buf = io.BytesIO()
     pq.write_table(run, buf, compression="none")

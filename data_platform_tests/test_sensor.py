@@ -141,7 +141,7 @@ def test_failed_run_is_retried_under_a_new_run_key(env, monkeypatch):
     store, catalog, resources, instance = env
     store.put_bytes("landing/acme/tickets/a.jsonl", jsonl(ROWS))
     first = tick(instance, resources).run_requests[0].run_key
-    monkeypatch.setattr(S3ObjectStore, "upload_file", lambda *a, **k: (_ for _ in ()).throw(OSError("503")))
+    monkeypatch.setattr(S3ObjectStore, "open_write", lambda *a, **k: (_ for _ in ()).throw(OSError("503")))
     result = dg.materialize([fresh_data], partition_key="acme/tickets", instance=instance, resources=resources,
                             raise_on_error=False)
     assert not result.success

@@ -77,6 +77,48 @@ def test_large_upload_uses_multipart(s3_store, tmp_path, monkeypatch):
     assert info.etag.endswith("-3")  # three parts: S3's multipart ETag form
 
 
+def test_streamed_write_appears_only_on_commit(store):
+    writer = store.open_write("data/a/b/x.bin")
+    writer.write(b"abc")
+    writer.write(memoryview(b"def"))
+    assert writer.tell() == 6
+    assert store.head("data/a/b/x.bin") is None
+    writer.commit()
+    assert store.get_bytes("data/a/b/x.bin") == b"abcdef"
+    writer.abort()  # after commit: nothing happens
+    assert store.get_bytes("data/a/b/x.bin") == b"abcdef"
+
+    with store.open_write("data/a/b/y.bin") as writer:
+        writer.write(b"never committed")
+    with pytest.raises(RuntimeError), store.open_write("data/a/b/x.bin") as writer:
+        writer.write(b"replacement that fails half-way")
+        raise RuntimeError("encoder failed")
+    assert [o.key for o in store.list("data/")] == ["data/a/b/x.bin"]
+    assert store.get_bytes("data/a/b/x.bin") == b"abcdef"
+
+
+def test_streamed_write_sends_parts_as_they_fill(s3_store, monkeypatch):
+    monkeypatch.setattr(storage, "PART_BYTES", 5 * 1024 * 1024)
+    client, bucket = s3_store._client, s3_store.bucket
+    chunk = b"z" * (1024 * 1024)
+    writer = s3_store.open_write("data/a/b/big.bin")
+    for _ in range(11):
+        writer.write(chunk)
+    uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert [u["Key"] for u in uploads] == [s3_store._k("data/a/b/big.bin")]  # sending, not visible yet
+    assert s3_store.head("data/a/b/big.bin") is None
+    writer.commit()
+    info = s3_store.head("data/a/b/big.bin")
+    assert info.size == 11 * 1024 * 1024 and info.etag.endswith("-3")
+    assert s3_store.get_bytes("data/a/b/big.bin") == chunk * 11
+
+    with s3_store.open_write("data/a/b/dropped.bin") as writer:
+        for _ in range(6):
+            writer.write(chunk)
+    assert s3_store.head("data/a/b/dropped.bin") is None
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
 def test_local_store_cannot_escape_root(tmp_path):
     store = LocalObjectStore(tmp_path / "root")
     for key in ("../outside", "a/../../outside", "/etc/passwd", ".tmp/x", ""):

@@ -429,3 +429,33 @@ def test_failing_rows_match_a_reference_on_random_data():
     expected = {i: reason(r) for i, r in enumerate(rows) if reason(r)}
     assert len(expected) > 100
     assert result.failing_rows == expected
+
+
+def test_tables_decided_together_as_each_alone():
+    """The rows that may fail of several tables go to GX in one call; each table gets the
+    outcomes and failing rows of its own validation. Tables with uniqueness candidates
+    are refused in a batch (uniqueness holds within a table)."""
+    import dataclasses
+
+    contract = tickets_contract(columns=tuple(dataclasses.replace(c, unique=False)
+                                              for c in tickets_contract().columns), primary_key=())
+    tables = [messy_table(200, seed=5).slice(0, 60), tickets(30, priority={3: 7}, category={5: "other"}),
+              tickets(20), tickets(25, record_id={2: None}, cost={4: -1.0}), messy_table(200, seed=6)]
+    alone = ContractValidator(contract)
+    batched = ContractValidator(contract)
+    expected = [alone.validate(t) for t in tables]
+    prepared = [batched.prepare(t)[0] for t in tables]
+    assert [p.deferrable for p in prepared] == [bool(p.to_run) for p in prepared]
+    runs = batched.gx_runs
+    together = batched.decide(prepared)
+    assert batched.gx_runs == runs + 1
+    for want, got in zip(expected, together):
+        assert got.outcomes == want.outcomes
+        assert got.failing_rows == want.failing_rows
+    assert any(r.failing_rows for r in together)
+
+    unique = ContractValidator(tickets_contract())
+    repeated, _ = unique.prepare(tickets(10, record_id={4: "rec-000001"}))
+    assert repeated.alone and not repeated.deferrable
+    with pytest.raises(ValueError):
+        unique.decide([repeated, unique.prepare(tickets(10, priority={1: 9}))[0]])
