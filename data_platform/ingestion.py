@@ -240,7 +240,7 @@ class Ingestor:
                     upload, self.claimer, sha256=sha256, rows=rows, quarantined_rows=rejects.count,
                     object_key=data_key, detail=detail, quality=report.quality["score"],
                     dataset_id=row_index.runs.dataset_id, runs=runs,
-                    seen_runs={RowIndex.KIND: row_index.seen_run_id})
+                    seen_runs={RowIndex.KIND: row_index.seen_run_id}, data_sha256=data.sha256, data_size=data.size)
                 break
             except IndexChanged as changed:
                 # A concurrent run of the dataset committed first. Rows it also kept would

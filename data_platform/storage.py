@@ -442,6 +442,7 @@ class ObjectWriter(io.RawIOBase):
     def __init__(self):
         super().__init__()
         self._written = 0
+        self._digest = hashlib.sha256()  # what the object will hold, for the catalog's integrity checks
         self.committed = False
 
     def writable(self) -> bool:
@@ -452,8 +453,18 @@ class ObjectWriter(io.RawIOBase):
 
     def write(self, data) -> int:
         n = self._write(data)
+        self._digest.update(data)
         self._written += n
         return n
+
+    @property
+    def sha256(self) -> str:
+        """sha256 of the bytes written so far (after `commit()`: of the object)."""
+        return self._digest.hexdigest()
+
+    @property
+    def size(self) -> int:
+        return self._written
 
     def commit(self) -> None:
         """Make the bytes written the object (replacing any earlier one)."""

@@ -85,6 +85,7 @@ def test_streamed_write_appears_only_on_commit(store):
     assert store.head("data/a/b/x.bin") is None
     writer.commit()
     assert store.get_bytes("data/a/b/x.bin") == b"abcdef"
+    assert (writer.sha256, writer.size) == (hashlib.sha256(b"abcdef").hexdigest(), 6)  # for the catalog
     writer.abort()  # after commit: nothing happens
     assert store.get_bytes("data/a/b/x.bin") == b"abcdef"
 
@@ -111,6 +112,7 @@ def test_streamed_write_sends_parts_as_they_fill(s3_store, monkeypatch):
     info = s3_store.head("data/a/b/big.bin")
     assert info.size == 11 * 1024 * 1024 and info.etag.endswith("-3")
     assert s3_store.get_bytes("data/a/b/big.bin") == chunk * 11
+    assert writer.sha256 == hashlib.sha256(chunk * 11).hexdigest()
 
     with s3_store.open_write("data/a/b/dropped.bin") as writer:
         for _ in range(6):

@@ -551,7 +551,8 @@ class Catalog:
     def mark_fresh(self, upload: Upload, claimer: str, *, sha256: str, rows: int, quarantined_rows: int,
                    object_key: str, detail: dict | None = None, quality: float | None = None,
                    dataset_id: int | None = None, runs: Sequence[StagedRun] = (),
-                   seen_runs: dict[str, int] | None = None) -> None:
+                   seen_runs: dict[str, int] | None = None, data_sha256: str | None = None,
+                   data_size: int | None = None) -> None:
         """landing -> fresh, record the content as the tenant's first copy and register
         the upload's index runs, all in one transaction.
 
@@ -566,7 +567,8 @@ class Catalog:
             # below is the latest commit.
             self._transition(conn, upload.id, from_state=LANDING, to_state=FRESH, actor=claimer, claimer=claimer,
                              detail=detail, sha256=sha256, rows=rows, quarantined_rows=quarantined_rows,
-                             object_key=object_key, quality=quality, ingested_at=utcnow())
+                             object_key=object_key, quality=quality, ingested_at=utcnow(),
+                             data_sha256=data_sha256, data_size=data_size)
             if seen_runs:
                 conn.execute(sa.select(datasets.c.id).where(datasets.c.id == dataset_id).with_for_update())
                 newer = conn.execute(
