@@ -76,6 +76,19 @@ class RefinementReport:
     def failing_share(self) -> float:
         return self.rows_failing / self.rows_in if self.rows_in else 0.0
 
+    def _checks_without_personal_data(self) -> list[dict]:
+        """The checks' outcomes for metadata and the UI: sample values of personal-data
+        columns (declared or detected) are withheld. Failing rows are rejected before
+        pseudonymisation, so their samples are raw; quarantine keeps them, the UI must not."""
+        personal = {**self.pii_detected, **self.pii_columns}
+        checks = []
+        for outcome in self.outcomes:
+            check = outcome.as_dict()
+            if check["column"] in personal and check["sample_unexpected"]:
+                check["sample_unexpected"] = [f"<{personal[check['column']]} withheld>"] * len(check["sample_unexpected"])
+            checks.append(check)
+        return checks
+
     def as_dict(self) -> dict:
         return {
             "contract": self.contract,
@@ -84,7 +97,7 @@ class RefinementReport:
             "failing_by_check": dict(self.failing_by_check),
             "duplicate_rows_removed": {"within_file": self.duplicates_in_file,
                                        "of_earlier_uploads": self.duplicates_of_earlier_uploads},
-            "checks": [o.as_dict() for o in self.outcomes],
+            "checks": self._checks_without_personal_data(),
             "pii_columns": self.pii_columns,
             "pii_detected": self.pii_detected,
             "pseudonymised_values": dict(self.pseudonymised),

@@ -317,3 +317,29 @@ def test_near_duplicates_are_flagged_across_uploads_and_dropped_when_the_contrac
     for dataset in ("tickets", "tickets_strict"):
         runs = catalog.index_runs(catalog.dataset_id("acme", dataset), "near_dup")
         assert [r.upload_id for r in runs] == [uploads[dataset, "a.jsonl"].id, uploads[dataset, "b.jsonl"].id]
+
+
+def test_failing_values_of_personal_data_columns_never_reach_the_ui(platform):
+    store, catalog, resources, instance = platform
+    store.put_bytes("_platform/contracts/acme/people.yaml", b"""
+version: 1
+columns:
+  id: {type: string, required: true}
+  email: {type: string, pii: email, regex: "@example\\\\.org$"}
+  note: {type: string, allowed: [ok]}
+""")
+    rows = [{"id": str(i), "email": f"user{i}@example.org", "note": "ok"} for i in range(20)]
+    rows[3]["email"] = "leaked.person@elsewhere.com"  # breaks the regex: rejected before pseudonymisation
+    rows[5]["note"] = "bad"  # not personal data: its sample stays visible
+    store.put_bytes("landing/acme/people/day1.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    (run,) = ingest(instance, resources)
+    (upload,) = catalog.list_uploads(dataset="people")
+    assert upload.state == FRESH and upload.quarantined_rows == 2
+    (evaluation,) = run.get_asset_check_evaluations()
+    shown = json.dumps({k: str(v.value) for k, v in evaluation.metadata.items()})
+    assert "leaked.person" not in shown and "<email withheld>" in shown and "bad" in shown
+    # Nothing in the run's event log either; quarantine keeps the raw row for the operator.
+    events = json.dumps([str(e) for e in instance.all_logs(run.run_id)])
+    assert "leaked.person" not in events
+    rejected = store.get_bytes(f"quarantine/acme/people/upload-{upload.id:010d}/rejected_rows.jsonl").decode()
+    assert "leaked.person@elsewhere.com" in rejected
