@@ -58,22 +58,29 @@ class RunStore:
         self._loaded_uploads.update(r.upload_id for r in todo)
         if runs:
             self.seen_run_id = max(self.seen_run_id, max(r.id for r in runs))
-        return list(zip(todo, tables))
+        return [(run, table) for run, table in zip(todo, tables) if table is not None]
 
     def loaded(self, upload_id: int) -> None:
         """This process committed the upload: its rows are in memory already."""
         self._loaded_uploads.add(upload_id)
 
-    def read(self, runs: Sequence[IndexRun]) -> list[pa.Table]:
-        """The runs' tables, in the order given."""
+    def read(self, runs: Sequence[IndexRun]) -> list[pa.Table | None]:
+        """The runs' tables, in the order given; None for a run cleanup deleted (with its
+        upload) after it was listed."""
         if len(runs) <= 1:
             return [self._read_one(run) for run in runs]
         with ThreadPoolExecutor(max_workers=min(_READERS, len(runs))) as pool:
             return list(pool.map(self._read_one, runs))
 
-    def _read_one(self, run: IndexRun) -> pa.Table:
+    def _read_one(self, run: IndexRun) -> pa.Table | None:
         # One GET per run: Parquet readers on S3 make a ranged request per read.
-        return pq.read_table(pa.BufferReader(self.store.get_bytes(run.object_key)))
+        try:
+            data = self.store.get_bytes(run.object_key)
+        except FileNotFoundError:
+            if any(r.id == run.id for r in self.registered(after_id=run.id - 1)):
+                raise  # still registered: the object is really missing (integrity's business)
+            return None  # its upload was deleted meanwhile: nothing of it to index
+        return pq.read_table(pa.BufferReader(data))
 
     def write(self, upload_id: int, run: pa.Table | pa.RecordBatchReader) -> StagedRun:
         """Write this upload's run (replacing an earlier attempt's) for `mark_fresh` to register."""

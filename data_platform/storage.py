@@ -112,7 +112,8 @@ class ObjectStore(ABC):
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str) -> bytes:
+        """The whole object; FileNotFoundError when there is none (on every store)."""
 
     @abstractmethod
     def copy(self, src: str, dst: str) -> None:
@@ -364,7 +365,14 @@ class S3ObjectStore(ObjectStore):
         self._client.put_object(Bucket=self.bucket, Key=self._k(key), Body=data)
 
     def get_bytes(self, key: str) -> bytes:
-        resp = self._client.get_object(Bucket=self.bucket, Key=self._k(key))
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self._client.get_object(Bucket=self.bucket, Key=self._k(key))
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(key) from err
+            raise
         with resp["Body"] as body:
             return body.read()
 

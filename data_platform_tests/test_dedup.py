@@ -220,3 +220,31 @@ def test_near_duplicate_run_is_sent_while_staged_and_equals_the_staged_run(s3_st
     runs.forget(3)
     assert not bucket(Bucket=s3_store.bucket).get("Uploads")
     assert s3_store.head(layout.index_run_key(NEAR_DUP, "acme", "tickets", 3)) is None
+
+
+def test_a_run_deleted_with_its_upload_after_listing_is_skipped_not_fatal(store, catalog):
+    """Cleanup may delete an upload (its index runs unregistered, then their objects gone)
+    between an ingestion listing the runs and reading them: that run holds nothing to
+    check against any more. A registered run whose object is missing is still an error."""
+    from data_platform.catalog.schema import index_runs
+
+    a, b = uploads(catalog, 2)
+    writer = row_index(store, catalog)
+    for upload, ids in ((a, [1, 2]), (b, [3, 4])):
+        writer.begin(upload.id)
+        writer.keep_mask(pa.table({"id": ids}))
+        commit(writer, catalog, upload)
+    reader = RunStore(store, Catalog(catalog.url), "acme", "tickets", RowIndex.KIND)  # another process
+    listed = reader.registered()
+    assert [r.upload_id for r in listed] == [a.id, b.id]
+    gone = listed[0]
+    with catalog.engine.begin() as conn:  # what cleanup's delete transaction does, then the bytes
+        conn.execute(index_runs.delete().where(index_runs.c.id == gone.id))
+    store.delete(gone.object_key)
+    loaded = reader.load_newer(listed)
+    assert [(run.upload_id, table.num_rows)
+            for run, table in loaded] == [(b.id, 2)]
+
+    store.delete(listed[1].object_key)  # still registered: really missing
+    with pytest.raises(FileNotFoundError):
+        row_index(store, Catalog(catalog.url))
