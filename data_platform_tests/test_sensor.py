@@ -152,6 +152,31 @@ def test_failed_run_is_retried_under_a_new_run_key(env, monkeypatch):
     assert by_key(catalog)["landing/acme/tickets/a.jsonl"].state == FRESH
 
 
+def test_a_run_that_failed_before_claiming_anything_is_retried_too(env, monkeypatch):
+    """The contract (or the endpoint) unreadable for a moment: the run fails before it
+    claims an upload, so no attempt is counted; the failed run itself changes the key."""
+    store, catalog, resources, instance = env
+    store.put_bytes("landing/acme/tickets/a.jsonl", jsonl(ROWS))
+    (request,) = tick(instance, resources).run_requests
+    from data_platform import ingestion
+
+    def unreadable(*args, **kwargs):
+        raise ConnectionError("endpoint went away")
+
+    monkeypatch.setattr(ingestion.ContractRegistry, "find", unreadable)
+    job = dg.define_asset_job("ingest_uploads", selection=[fresh_data], partitions_def=tenant_datasets)
+    failed = dg.Definitions(assets=[fresh_data], jobs=[job], resources=resources).resolve_job_def(
+        "ingest_uploads").execute_in_process(partition_key=request.partition_key, instance=instance,
+                                             raise_on_error=False)
+    assert not failed.success and catalog.list_uploads()[0].attempts == 0  # nothing was claimed
+    monkeypatch.undo()
+    (retry,) = tick(instance, resources).run_requests
+    assert retry.run_key != request.run_key
+    assert tick(instance, resources).run_requests[0].run_key == retry.run_key  # and only once
+    assert run(instance, resources, "acme/tickets").success
+    assert by_key(catalog)["landing/acme/tickets/a.jsonl"].state == FRESH
+
+
 def test_an_invalid_key_that_cannot_be_quarantined_yet_does_not_stop_the_tick(env, monkeypatch):
     store, catalog, resources, instance = env
     store.put_bytes("landing/NOPE/x/a.jsonl", b"{}\n")

@@ -37,10 +37,13 @@ def landing_sensor(
     run_requests = []
     for (tenant, dataset), (newest_id, attempts) in sorted(scan.pending.items()):
         partition = layout.partition_key(tenant, dataset)
-        # Same pending work -> same key (no duplicate run); new uploads or a failed
-        # attempt change it, so a retry is asked for exactly when there is reason to.
+        # Same pending work -> same key (no duplicate run); new uploads, a failed upload
+        # attempt, or a run that failed before it claimed anything (the S3 endpoint or the
+        # contract unreadable for a moment) change it, so a retry is asked for exactly
+        # when there is reason to.
+        failed_runs = _failed_runs(context.instance, partition)
         run_requests.append(dg.RunRequest(
-            partition_key=partition, run_key=f"{partition}:{newest_id}:{attempts}",
+            partition_key=partition, run_key=f"{partition}:{newest_id}:{attempts}:{failed_runs}",
             tags={"data_platform/tenant": tenant, "data_platform/dataset": dataset},
         ))
     context.log.info(f"{scan.registered} new upload(s); {len(run_requests)} dataset(s) to ingest")
@@ -48,3 +51,10 @@ def landing_sensor(
         run_requests=run_requests,
         dynamic_partitions_requests=[tenant_datasets.build_add_request(new_partitions)] if new_partitions else [],
     )
+
+
+def _failed_runs(instance: dg.DagsterInstance, partition: str) -> int:
+    """Failed ingestion runs of a partition (only partitions with pending uploads ask)."""
+    return instance.get_runs_count(dg.RunsFilter(
+        job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.FAILURE],
+        tags={"dagster/partition": partition}))
