@@ -1,5 +1,6 @@
 """The landing sensor through Dagster: build_sensor_context, then the runs it asks for."""
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
@@ -170,9 +171,17 @@ def test_a_run_that_failed_before_claiming_anything_is_retried_too(env, monkeypa
                                              raise_on_error=False)
     assert not failed.success and catalog.list_uploads()[0].attempts == 0  # nothing was claimed
     monkeypatch.undo()
+    # Not at once (a lasting cause would fail at every tick): after a backoff of a minute,
+    # doubling with every failure up to an hour.
+    assert tick(instance, resources).run_requests[0].run_key == request.run_key
+    from data_platform.defs.ingestion import sensors
+
+    later = time.time() + 61
+    monkeypatch.setattr(sensors.time, "time", lambda: later)
     (retry,) = tick(instance, resources).run_requests
     assert retry.run_key != request.run_key
     assert tick(instance, resources).run_requests[0].run_key == retry.run_key  # and only once
+    monkeypatch.undo()
     assert run(instance, resources, "acme/tickets").success
     assert by_key(catalog)["landing/acme/tickets/a.jsonl"].state == FRESH
 

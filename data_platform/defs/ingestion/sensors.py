@@ -1,12 +1,16 @@
 """The upload sensor: reconciles landing with the ledger and asks for one run per
 tenant/dataset that has pending uploads."""
 
+import time
+
 import dagster as dg
 
 from data_platform import layout
 from data_platform.defs.ingestion.assets import fresh_data, tenant_datasets
 from data_platform.defs.resources import CatalogResource, ObjectStoreResource
 from data_platform.intake import scan_landing
+
+RETRY_BACKOFF_MAX_MINUTES = 60
 
 ingest_job = dg.define_asset_job(
     "ingest_uploads", selection=[fresh_data], partitions_def=tenant_datasets,
@@ -53,8 +57,17 @@ def landing_sensor(
     )
 
 
-def _failed_runs(instance: dg.DagsterInstance, partition: str) -> int:
-    """Failed ingestion runs of a partition (only partitions with pending uploads ask)."""
-    return instance.get_runs_count(dg.RunsFilter(
-        job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.FAILURE],
-        tags={"dagster/partition": partition}))
+def _failed_runs(instance: dg.DagsterInstance, partition: str, now: float | None = None) -> int:
+    """Failed ingestion runs of a partition (only partitions with pending uploads ask),
+    as the run key counts them: the newest failure counts only once it has waited its
+    backoff (1, 2, 4 ... 60 minutes), so a cause that lasts (a broken contract) is
+    retried ever more slowly instead of at every tick, and by itself once fixed."""
+    filters = dg.RunsFilter(job_name=ingest_job.name, statuses=[dg.DagsterRunStatus.FAILURE],
+                            tags={"dagster/partition": partition})
+    failed = instance.get_runs_count(filters)
+    if not failed:
+        return 0
+    (newest,) = instance.get_run_records(filters, limit=1)
+    backoff = 60 * min(2 ** (failed - 1), RETRY_BACKOFF_MAX_MINUTES)
+    ended = newest.end_time or newest.update_timestamp.timestamp()
+    return failed if (now or time.time()) - ended >= backoff else failed - 1
