@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,27 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> ChildRun:
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: tell Popen
     return ChildRun(proc.returncode, usage.ru_maxrss / 1024, time.perf_counter() - t)  # KiB on Linux
+
+
+def best_child_run(script: str, name: str, paths: list[Path], repeat: int, env: dict[str, str]) -> dict:
+    """Run `script --child NAME --out-json FILE PATHS...` `repeat` times, each in its own
+    process; the fastest run's JSON (its last line) with MB/s over the inputs' bytes."""
+    best = None
+    for _ in range(repeat):
+        out_file = Path(tempfile.mkstemp(prefix=f"bench-{name}-out-")[1])
+        cmd = [sys.executable, script, "--child", name, "--out-json", str(out_file), *map(str, paths)]
+        run = run_measured(cmd, env=env)
+        text = out_file.read_text().strip()
+        out_file.unlink()
+        if run.returncode != 0 or not text:
+            return {"contender": name, "ok": False, "returncode": run.returncode}
+        result = json.loads(text.splitlines()[-1])
+        if best is None or result["seconds"] < best["seconds"]:
+            best = result
+    size = sum(p.stat().st_size for p in paths)
+    best.update(contender=name, ok=True, input_mb=size / 1e6, mb_per_s=size / 1e6 / best["seconds"], repeats=repeat)
+    log(f"{name}: {best['mb_per_s']:.0f} MB/s, peak RSS {best['peak_rss_mb']:.0f} MB")
+    return best
 
 
 # -- reporting ---------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    DATA_DIR, GEN_DATA, RESULTS_DIR, MotoSubprocess, finish, log, machine_info, own_peak_rss_mb, run_measured,
+    DATA_DIR, GEN_DATA, RESULTS_DIR, MotoSubprocess, best_child_run, finish, log, machine_info, own_peak_rss_mb,
     table,
 )
 
@@ -135,25 +135,6 @@ def child(name: str, paths: list[Path]) -> None:
 # -- the parent ------------------------------------------------------------------------------
 
 
-def measure(name: str, paths: list[Path], repeat: int, env: dict[str, str]) -> dict:
-    best = None
-    for _ in range(repeat):
-        out_file = Path(tempfile.mkstemp(prefix="bench-ts-out-")[1])
-        cmd = [sys.executable, __file__, "--child", name, "--out-json", str(out_file), *map(str, paths)]
-        run = run_measured(cmd, env=env)
-        text = out_file.read_text().strip()
-        out_file.unlink()
-        if run.returncode != 0 or not text:
-            return {"contender": name, "ok": False, "returncode": run.returncode}
-        result = json.loads(text.splitlines()[-1])
-        if best is None or result["seconds"] < best["seconds"]:
-            best = result
-    size = sum(p.stat().st_size for p in paths)
-    best.update(contender=name, ok=True, input_mb=size / 1e6, mb_per_s=size / 1e6 / best["seconds"], repeats=repeat)
-    log(f"{name}: {best['mb_per_s']:.0f} MB/s, peak RSS {best['peak_rss_mb']:.0f} MB")
-    return best
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=10)
@@ -172,7 +153,7 @@ def main(argv=None) -> int:
     paths = source_files(args.files, args.file_mb)
     moto = MotoSubprocess()
     try:
-        runs = [measure(name, paths, args.repeat, moto.env() if name == "ours_s3" else {}) for name in CONTENDERS]
+        runs = [best_child_run(__file__, name, paths, args.repeat, moto.env() if name == "ours_s3" else {}) for name in CONTENDERS]
     finally:
         moto.stop()
     by = {r["contender"]: r for r in runs}
