@@ -10,6 +10,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +81,53 @@ def _cached_meta(path: Path, meta_path: Path, seed: int) -> dict | None:
     if meta.get("format") != "jsonl" or meta.get("seed") != seed or meta.get("bytes") != path.stat().st_size:
         return None
     return meta
+
+
+# -- catalogs ---------------------------------------------------------------------------
+
+
+@contextmanager
+def catalog_url(backend: str, pg_admin: str, tmp: Path):
+    """A fresh, empty catalog database for `backend` (SQLite under `tmp`, or a new
+    PostgreSQL database through `pg_admin`); a PostgreSQL one is dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp}/catalog.db"
+        return
+    import psycopg2
+
+    name = f"dp_bench_{uuid.uuid4().hex[:12]}"
+
+    def admin(sql: str, *params) -> None:
+        conn = psycopg2.connect(pg_admin)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql, params or None)
+        finally:
+            conn.close()
+
+    admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{pg_admin.rsplit('/', 1)[0]}/{name}"
+    finally:
+        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+              "AND pid <> pg_backend_pid()", name)
+        admin(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+def per_backend(backends: str, run: Callable[[str], dict]) -> list[dict]:
+    """`run(backend)` for each of a comma-separated list; a failure is reported as a failed
+    result (with its traceback on stderr), and the other backends still run."""
+    results = []
+    for backend in [b for b in backends.split(",") if b]:
+        try:
+            results.append(run(backend))
+        except Exception as err:  # noqa: BLE001 - reported as a failed run
+            import traceback
+
+            traceback.print_exc()
+            results.append({"backend": backend, "ok": False, "error": f"{type(err).__name__}: {err}"})
+    return results
 
 
 # -- S3 endpoint ------------------------------------------------------------------------

@@ -28,8 +28,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA_DIR, REPO, RESULTS_DIR, finish, log, machine_info, own_peak_rss_mb, table  # noqa: E402
-from bench_cleanup import catalog_url, prefill  # noqa: E402
+from _common import (  # noqa: E402
+    DATA_DIR, REPO, RESULTS_DIR, catalog_url, finish, log, machine_info, own_peak_rss_mb, per_backend, table,
+)
+from bench_cleanup import prefill  # noqa: E402
 
 MAX_SECONDS = 60.0
 MAX_RSS_MB = 400.0
@@ -135,15 +137,7 @@ def main(argv=None) -> int:
         child(*args.child)
         return 0
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    results = []
-    for backend in [b for b in args.backends.split(",") if b]:
-        try:
-            results.append(run_backend(backend, args))
-        except Exception as err:  # noqa: BLE001 - reported as a failed run
-            import traceback
-
-            traceback.print_exc()
-            results.append({"backend": backend, "ok": False, "error": f"{type(err).__name__}: {err}"})
+    results = per_backend(args.backends, lambda backend: run_backend(backend, args))
     targets = []
     for r in results:
         if "backup_seconds" in r:

@@ -33,13 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA_DIR, REPO, RESULTS_DIR, finish, log, machine_info, own_peak_rss_mb, table  # noqa: E402
+from _common import (  # noqa: E402
+    DATA_DIR, REPO, RESULTS_DIR, catalog_url, finish, log, machine_info, own_peak_rss_mb, per_backend, table,
+)
 
 MAX_PLAN_SECONDS = 10.0
 TENANTS, DATASETS = 64, 4
@@ -49,33 +49,6 @@ CONTRACTS = 16  # the first datasets have a contract in the store: archive after
 NOW = datetime(2026, 6, 1)
 STATES = [("fresh", 40), ("used", 20), ("archived", 15), ("deprecated", 10), ("quarantined", 5), ("deleted", 5),
           ("duplicate", 3), ("landing", 2)]
-
-
-@contextmanager
-def catalog_url(backend: str, pg_admin: str, tmp: Path):
-    if backend == "sqlite":
-        yield f"sqlite:///{tmp}/catalog.db"
-        return
-    import psycopg2
-
-    name = f"dp_bench_{uuid.uuid4().hex[:12]}"
-
-    def admin(sql: str, *params) -> None:
-        conn = psycopg2.connect(pg_admin)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params or None)
-        finally:
-            conn.close()
-
-    admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{pg_admin.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-              "AND pid <> pg_backend_pid()", name)
-        admin(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 def prefill(url: str, root: Path, n: int, *, objects: bool = True) -> dict:
@@ -240,16 +213,8 @@ def main(argv=None) -> int:
         child(*args.child)
         return 0
     DATA_DIR.mkdir(parents=True, exist_ok=True)
-    results = []
     with tempfile.TemporaryDirectory(prefix="bench-cleanup-objects-", dir=DATA_DIR) as objects:
-        for backend in [b for b in args.backends.split(",") if b]:
-            try:
-                results.append(run_backend(backend, args, Path(objects) / "root"))
-            except Exception as err:  # noqa: BLE001 - reported as a failed run
-                import traceback
-
-                traceback.print_exc()
-                results.append({"backend": backend, "ok": False, "error": f"{type(err).__name__}: {err}"})
+        results = per_backend(args.backends, lambda backend: run_backend(backend, args, Path(objects) / "root"))
 
     targets = []
     for r in results:

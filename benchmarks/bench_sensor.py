@@ -30,51 +30,19 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    DATA_DIR, RESULTS_DIR, MotoSubprocess, finish, log, machine_info, table,
+    DATA_DIR, RESULTS_DIR, MotoSubprocess, catalog_url, finish, log, machine_info, per_backend, table,
 )
 
 MAX_TICK_SECONDS = 10.0
 TENANTS, DATASETS = 64, 4
 NEW_PARTITIONS = [(f"tenant-{t:03d}", "ds-0") for t in range(4)]
 REGISTER_CHUNK = 10_000
-
-
-@contextmanager
-def catalog_url(backend: str, pg_admin: str):
-    """A fresh, empty catalog database for `backend`; removed afterwards."""
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="bench-sensor-", dir=DATA_DIR) as tmp:
-            yield f"sqlite:///{tmp}/catalog.db"
-        return
-    import psycopg2
-
-    name = f"dp_bench_{uuid.uuid4().hex[:12]}"
-
-    def admin(sql: str, *params) -> None:
-        conn = psycopg2.connect(pg_admin)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                cur.execute(sql, params or None)
-        finally:
-            conn.close()
-
-    admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{pg_admin.rsplit('/', 1)[0]}/{name}"
-    finally:
-        admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-              "AND pid <> pg_backend_pid()", name)
-        admin(f'DROP DATABASE IF EXISTS "{name}"')
-        log(f"dropped database {name}")
 
 
 def prefill(catalog, n: int) -> float:
@@ -201,7 +169,8 @@ def run_backend(backend: str, args) -> dict:
     bucket = f"bench-sensor-{backend}"
     store = S3ObjectStore(bucket)
     store.ensure_bucket()
-    with catalog_url(backend, args.pg_admin) as url:
+    with tempfile.TemporaryDirectory(prefix="bench-sensor-", dir=DATA_DIR) as tmp, \
+            catalog_url(backend, args.pg_admin, Path(tmp)) as url:
         catalog = Catalog(url)
         register_seconds = prefill(catalog, args.uploads)
         keys = put_new_objects(store, args.new)
@@ -256,16 +225,8 @@ def main(argv=None) -> int:
 
     moto = MotoSubprocess()
     os.environ.update(moto.env())
-    results = []
     try:
-        for backend in [b for b in args.backends.split(",") if b]:
-            try:
-                results.append(run_backend(backend, args))
-            except Exception as err:  # noqa: BLE001 - reported as a failed run
-                import traceback
-
-                traceback.print_exc()
-                results.append({"backend": backend, "ok": False, "error": f"{type(err).__name__}: {err}"})
+        results = per_backend(args.backends, lambda backend: run_backend(backend, args))
     finally:
         moto.stop()
 
