@@ -122,9 +122,8 @@ def complete_stale_builds(store: ObjectStore, catalog: Catalog, tenant: str, *, 
     """Finish the tenant's builds whose builder crashed (lease run out)."""
     done = []
     for ts in catalog.take_over_stale_training_sets(tenant, actor, lease=LEASE, now=now):
-        sample = ts.filters.get("sample_seed") if ts.sample else None
-        done.append(build_snapshot(store, catalog, ts, claimer=actor, run_id=None,
-                                   sample=_resumed_sample(catalog, ts) if sample is not None else None)[0])
+        sample = _resumed_sample(catalog, ts) if ts.sample else None
+        done.append(build_snapshot(store, catalog, ts, claimer=actor, run_id=None, sample=sample)[0])
     return done
 
 
@@ -141,6 +140,12 @@ class _Sample:
     seed: int
     share: float
     limit: int
+
+    @classmethod
+    def of(cls, seed: int, wanted: int, total: int) -> "_Sample":
+        # Draw 5% more than the share, then cut at the limit: about `wanted` rows, never more.
+        limit = min(wanted, total)
+        return cls(seed=seed, share=min(1.0, limit / total * 1.05) if total else 0.0, limit=limit)
 
 
 def build_snapshot(store: ObjectStore, catalog: Catalog, ts: TrainingSet, *, claimer: str, run_id: str | None,
@@ -315,24 +320,20 @@ def _claim_sample(catalog: Catalog, request: TrainingSetRequest, prefix_of, *, c
     if not candidates:
         raise NoFreshData(f"no fresh data for tenant {request.tenant!r}, and no used data to sample either")
     total = sum(u.rows for u in candidates)
-    limit = min(request.sample_rows, total)
-    share = limit / total
     # Expected rows per file, for the lineage; the manifest has the exact counts.
-    files = [(u, round(u.rows * share)) for u in candidates]
+    files = [(u, round(u.rows * min(request.sample_rows, total) / total)) for u in candidates]
     seed = int.from_bytes(hashlib.sha256(f"{request.tenant}/{request.name}/{utcnow().isoformat()}".encode())
                           .digest()[:4], "big")
     filters = {**request.filters, "sample_seed": seed}
     ts = catalog.record_sample_training_set(tenant=request.tenant, name=request.name, prefix_of=prefix_of,
                                             filters=filters, consumer=consumer, actor=actor, run_id=run_id,
                                             files=files, lease=LEASE, now=now)
-    return ts, _Sample(seed=seed, share=min(1.0, share * 1.05), limit=limit)
+    return ts, _Sample.of(seed, request.sample_rows, total)
 
 
 def _resumed_sample(catalog: Catalog, ts: TrainingSet) -> _Sample:
     total = sum(u.rows or 0 for u, _ in catalog.training_set_uploads(ts.id))
-    limit = min(ts.filters["sample_rows"], total)
-    return _Sample(seed=ts.filters["sample_seed"], share=min(1.0, limit / total * 1.05) if total else 0.0,
-                   limit=limit)
+    return _Sample.of(ts.filters["sample_seed"], ts.filters["sample_rows"], total)
 
 
 # -- reading ---------------------------------------------------------------------------

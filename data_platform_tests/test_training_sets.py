@@ -308,3 +308,25 @@ def test_manifest_is_json_with_the_contract_version_and_part_checksums(fresh):
     for part in raw["parts"]:
         assert part["key"].startswith(raw["prefix"]) and len(part["sha256"]) == 64
         assert pq.ParquetFile(store.fs_path(part["key"]), filesystem=store.filesystem).metadata.num_rows == part["rows"]
+
+
+def test_a_crashed_sample_build_is_completed_with_the_same_seed(fresh, monkeypatch):
+    store, catalog = fresh
+    create_training_set(store, catalog, TrainingSetRequest("acme"), actor="t")  # nothing fresh after this
+    real_upload = store.upload_file
+
+    def crash(path, key, progress=None):
+        raise Crash()
+
+    monkeypatch.setattr(store, "upload_file", crash)
+    with pytest.raises(Crash):
+        create_training_set(store, catalog, TrainingSetRequest("acme", name="s", sample_rows=30), actor="a")
+    monkeypatch.setattr(store, "upload_file", real_upload)
+    later = utcnow() + tsets.LEASE + timedelta(seconds=1)
+    with pytest.raises(NoFreshData):  # its own request: nothing fresh, and no sample asked for
+        create_training_set(store, catalog, TrainingSetRequest("acme", name="s"), actor="b", now=later)
+    sample = next(ts for ts in catalog.training_sets(tenant="acme") if ts.name == "s")
+    assert sample.state == COMPLETE and sample.sample
+    manifest = tsets.read_manifest(store, sample)
+    assert manifest["completed_by"] == "b" and 0 < manifest["rows"] <= 30
+    assert tsets.table_of(store, manifest).num_rows == manifest["rows"]
