@@ -38,7 +38,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_platform import layout
+from data_platform import layout, tenancy
 from data_platform.catalog import FRESH, INGESTED, USED, Catalog, Upload, to_naive_utc
 from data_platform.contracts import EXPORT_FORMATS
 from data_platform.storage import ObjectChanged, ObjectStore
@@ -122,6 +122,7 @@ def export_week(store: ObjectStore, catalog: Catalog, tenant: str, week: str, *,
         layout.check_name("tenant", tenant)
     except layout.InvalidKey as err:
         raise ExportError(str(err)) from None
+    store, catalog = tenancy.scoped(store, catalog, tenant)
     if fmt not in EXPORT_FORMATS:
         raise ExportError(f"format {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}")
     window = Week.parse(week)

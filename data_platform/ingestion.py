@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_platform import layout
+from data_platform import layout, tenancy
 from data_platform.catalog import (
     DUPLICATE, FRESH, QUARANTINED, DELETED, Catalog, DuplicateContent, IndexChanged, Upload,
 )
@@ -509,6 +509,7 @@ def ingest_pending(store: ObjectStore, catalog: Catalog, tenant: str, dataset: s
     rest go on; the next run retries it, and after MAX_ATTEMPTS it is quarantined.
     """
 
+    store, catalog = tenancy.scoped(store, catalog, tenant)
     lease = lease or timedelta(minutes=30)
     # Arrow's default allocator (mimalloc) keeps freed blocks for reuse: with tables of
     # ~40 MB passing through five stages that held ~110 MB more at peak than malloc does

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_platform import layout
+from data_platform import layout, tenancy
 from data_platform.catalog import COMPLETE, Catalog, NoFreshData, TrainingSet, Upload, utcnow
 from data_platform.ingestion import read_ahead
 from data_platform.storage import ObjectStore
@@ -94,6 +94,7 @@ def create_training_set(store: ObjectStore, catalog: Catalog, request: TrainingS
     # (1 GB build: 479 MB peak RSS against 542 with mimalloc, Arrow's default, and 624
     # with glibc's malloc, whose per-thread arenas keep what the read-ahead thread freed).
     pa.set_memory_pool(_returning_pool())
+    store, catalog = tenancy.scoped(store, catalog, request.tenant)
     resumed = complete_stale_builds(store, catalog, request.tenant, actor=actor, now=now)
     consumer = request.consumer or actor
     prefix_of = _prefix_of(request)
@@ -120,6 +121,7 @@ def _returning_pool() -> pa.MemoryPool:
 def complete_stale_builds(store: ObjectStore, catalog: Catalog, tenant: str, *, actor: str,
                           now: datetime | None = None) -> list[TrainingSet]:
     """Finish the tenant's builds whose builder crashed (lease run out)."""
+    store, catalog = tenancy.scoped(store, catalog, tenant)
     done = []
     for ts in catalog.take_over_stale_training_sets(tenant, actor, lease=LEASE, now=now):
         sample = _resumed_sample(catalog, ts) if ts.sample else None
@@ -154,8 +156,9 @@ def build_snapshot(store: ObjectStore, catalog: Catalog, ts: TrainingSet, *, cla
     try:
         parts, schemas = _write_parts(store, ts, files, sample,
                                       heartbeat=lambda: catalog.renew_training_set(ts.id, claimer, lease=LEASE))
-    except TrainingSetError as err:
-        # The data itself is the problem: a retry would fail the same way. Give the files back.
+    except (TrainingSetError, tenancy.TenantViolation) as err:
+        # The data itself (or a refused key: a bug) is the problem: a retry would fail the
+        # same way. Give the files back.
         catalog.release_training_set(ts.id, claimer, error=str(err), actor=claimer)
         raise
     manifest = _manifest(ts, files, parts, schemas, run_id=run_id, completed_by=claimer)

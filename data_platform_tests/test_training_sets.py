@@ -265,7 +265,9 @@ def test_concurrent_builds_in_threads_never_share_a_file(local_store, postgresql
     assert not errors
     _assert_exactly_once(catalog, 24)
     sets = catalog.training_sets(tenant="acme")
-    assert len(sets) == 6  # 24 files of 3 rows, 12 rows per set
+    # 24 files of 3 rows, at most 12 rows per set: 6 sets, or more when two builders'
+    # SKIP LOCKED scans interleave and one of them gets a shorter run of files.
+    assert len(sets) >= 6 and all(ts.rows <= 12 for ts in sets)
     for name in ("shared-0", "shared-1"):
         versions = sorted(ts.version for ts in sets if ts.name == name)
         assert versions == list(range(1, len(versions) + 1))

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_platform import tenancy
 from data_platform.catalog import Catalog
 from data_platform.features.definition import FeatureError, parse_ttl
 from data_platform.features.store import get_definition, get_version, read_version, to_utc_timestamp
@@ -48,6 +49,7 @@ def get_historical_features(store: ObjectStore, catalog: Catalog, tenant: str, e
     feature, or `table__feature` with `full_feature_names`. The result has the type of
     `entity_df`.
     """
+    store, catalog = tenancy.scoped(store, catalog, tenant)
     as_pandas = not isinstance(entity_df, pa.Table)
     entities = pa.Table.from_pandas(entity_df, preserve_index=False) if as_pandas else entity_df
     if event_timestamp_column not in entities.column_names:

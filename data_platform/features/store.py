@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_platform import layout
+from data_platform import layout, tenancy
 from data_platform.catalog import (
     ARCHIVED, COMPLETE, FRESH, USED, Catalog, FeatureDefinitionRecord, FeatureVersion, Upload, utcnow,
 )
@@ -141,6 +141,7 @@ class BuildResult:
 def materialise_feature_table(store: ObjectStore, catalog: Catalog, tenant: str, name: str, *, actor: str,
                               run_id: str | None = None) -> BuildResult:
     """Build the next version of the feature table from its latest definition."""
+    store, catalog = tenancy.scoped(store, catalog, tenant)
     record, definition = get_definition(catalog, tenant, name)
     transform = definition.load_transform()
     files = [u for u in catalog.list_uploads(tenant=tenant, dataset=definition.dataset)
