@@ -376,13 +376,15 @@ def manifest_key_of(store: ObjectStore, path: str) -> str:
 
 
 def read_manifest(store: ObjectStore, tenant: str, week: str) -> dict:
-    return json.loads(store.get_bytes(layout.export_prefix(tenant, week) + MANIFEST))
+    return json.loads(tenancy.scope_store(store, tenant).get_bytes(layout.export_prefix(tenant, week) + MANIFEST))
 
 
 def verify_export(store: ObjectStore, path: str) -> dict:
     """Re-read every part the week's manifest lists and compare it with the manifest.
     Returns a report whose `problems` is empty when the export is intact."""
     key = manifest_key_of(store, path)
+    # The export's own tenant: a manifest listing a neighbour's key cannot get it read.
+    store = tenancy.scope_store(store, key.split("/")[1])
     report = {"manifest_key": key, "problems": [], "parts_checked": 0}
     try:
         manifest = json.loads(store.get_bytes(key))

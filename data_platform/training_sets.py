@@ -344,12 +344,12 @@ def _resumed_sample(catalog: Catalog, ts: TrainingSet) -> _Sample:
 
 def latest_training_set(catalog: Catalog, tenant: str, name: str | None = None) -> TrainingSet | None:
     """The snapshot a trainer should read next: the tenant's newest complete one."""
-    complete = catalog.training_sets(tenant=tenant, name=name, state=COMPLETE)
+    complete = tenancy.scope_catalog(catalog, tenant).training_sets(tenant=tenant, name=name, state=COMPLETE)
     return max(complete, key=lambda ts: (ts.completed_at, ts.id)) if complete else None
 
 
 def read_manifest(store: ObjectStore, ts: TrainingSet) -> dict:
-    return json.loads(store.get_bytes(f"{ts.prefix}manifest.json"))
+    return json.loads(tenancy.scope_store(store, ts.tenant).get_bytes(f"{ts.prefix}manifest.json"))
 
 
 def verify_snapshot(store: ObjectStore, manifest: dict) -> list[str]:

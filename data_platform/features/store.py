@@ -58,6 +58,7 @@ def register_feature_table(catalog: Catalog, tenant: str, definition: FeatureDef
     """Register (tenant, definition.name): the same definition again changes nothing; a
     different one becomes the next revision, which the next version is built from."""
     layout.check_name("tenant", tenant)
+    catalog = tenancy.scope_catalog(catalog, tenant)
     if isinstance(definition, dict):
         tenant_in_file = definition.get("tenant")
         if tenant_in_file is not None and tenant_in_file != tenant:
@@ -72,7 +73,7 @@ def register_feature_table(catalog: Catalog, tenant: str, definition: FeatureDef
 
 def get_definition(catalog: Catalog, tenant: str, name: str,
                    revision: int | None = None) -> tuple[FeatureDefinitionRecord, FeatureDefinition]:
-    record = catalog.feature_definition(tenant, name, revision)
+    record = tenancy.scope_catalog(catalog, tenant).feature_definition(tenant, name, revision)
     if record is None:
         raise FeatureNotFound(_not_found(tenant, name, revision=revision))
     return record, FeatureDefinition.from_dict(record.definition)
@@ -80,7 +81,7 @@ def get_definition(catalog: Catalog, tenant: str, name: str,
 
 def get_version(catalog: Catalog, tenant: str, name: str, version: int | None = None) -> FeatureVersion:
     """A complete version (the latest with None). Building or failed ones are not data."""
-    found = catalog.feature_version(tenant, name, version)
+    found = tenancy.scope_catalog(catalog, tenant).feature_version(tenant, name, version)
     if found is None or found.state != COMPLETE:
         raise FeatureNotFound(_not_found(tenant, name, version=version))
     return found
@@ -88,11 +89,12 @@ def get_version(catalog: Catalog, tenant: str, name: str, version: int | None = 
 
 def list_versions(catalog: Catalog, tenant: str, name: str | None = None) -> list[FeatureVersion]:
     """Every version of the tenant's feature tables (any state), by name and number."""
-    return catalog.feature_versions(tenant, name)
+    return tenancy.scope_catalog(catalog, tenant).feature_versions(tenant, name)
 
 
 def read_manifest(store: ObjectStore, catalog: Catalog, version: FeatureVersion) -> dict:
     """The version's manifest, checked against the sha256 the catalog recorded."""
+    store = tenancy.scope_store(store, version.tenant)
     body = store.get_bytes(f"{version.prefix}manifest.json")
     if version.manifest_sha256 and hashlib.sha256(body).hexdigest() != version.manifest_sha256:
         raise FeatureError(f"{version.prefix}manifest.json differs from the one recorded when it was built")
@@ -105,6 +107,7 @@ def read_manifest(store: ObjectStore, catalog: Catalog, version: FeatureVersion)
 
 def verify_version(store: ObjectStore, catalog: Catalog, version: FeatureVersion) -> list[str]:
     """Problems found re-hashing every part against the manifest ([] when intact)."""
+    store = tenancy.scope_store(store, version.tenant)
     problems = []
     for part in read_manifest(store, catalog, version)["parts"]:
         digest = hashlib.sha256()
@@ -123,6 +126,7 @@ def verify_version(store: ObjectStore, catalog: Catalog, version: FeatureVersion
 def read_version(store: ObjectStore, catalog: Catalog, version: FeatureVersion,
                  columns: list[str] | None = None) -> pa.Table:
     """A version's rows in the order they were written (which breaks ties: see retrieval)."""
+    store = tenancy.scope_store(store, version.tenant)
     manifest = read_manifest(store, catalog, version)
     tables = [pq.read_table(store.fs_path(p["key"]), filesystem=store.filesystem, columns=columns)
               for p in manifest["parts"]]
