@@ -5,9 +5,10 @@ a path or `file://` URL gives `LocalObjectStore`, `s3://bucket[/prefix]` gives
 `S3ObjectStore`. Both lay objects out identically (keys are `/`-separated paths
 below the root), so a person can read either and the code never branches on where it
 runs. S3 speaks only the standard protocol through boto3 (control plane, streaming
-GETs, multipart uploads, botocore's retries) and pyarrow (`filesystem`, for readers
-that want random access such as Parquet); endpoint and credentials come from boto3's
-standard variables, so MinIO, AWS and any other implementation are configured alike.
+GETs resumed where a body broke, multipart uploads, botocore's retries) and pyarrow
+(`filesystem`, for readers that want random access such as Parquet); endpoint and
+credentials come from boto3's standard variables, so MinIO, AWS and any other
+implementation are configured alike.
 """
 
 import hashlib
@@ -329,22 +330,24 @@ class S3ObjectStore(ObjectStore):
             raise
         return self._info(key, resp["ContentLength"], resp["ETag"], resp["LastModified"])
 
+    def _get(self, key: str, if_etag: str | None = None) -> tuple[ObjectInfo, "_ResumableBody"]:
+        kwargs = {"Bucket": self.bucket, "Key": self._k(key)}
+        if if_etag is not None:
+            kwargs["IfMatch"] = f'"{if_etag}"'
+        resp = self._client.get_object(**kwargs)
+        info = self._info(key, resp["ContentLength"], resp["ETag"], resp["LastModified"])
+        return info, _ResumableBody(self._client, self.bucket, self._k(key), info, resp["Body"])
+
     @contextmanager
     def open_read(self, key: str, *, if_etag: str | None = None) -> Iterator[tuple[ObjectInfo, BinaryIO]]:
         from botocore.exceptions import ClientError
 
-        kwargs = {"Bucket": self.bucket, "Key": self._k(key)}
-        if if_etag is not None:
-            kwargs["IfMatch"] = f'"{if_etag}"'
         try:
-            resp = self._client.get_object(**kwargs)
+            info, body = self._get(key, if_etag)
         except ClientError as err:
-            code = err.response.get("Error", {}).get("Code")
-            if code in ("404", "NoSuchKey", "NotFound", "412", "PreconditionFailed"):
+            if _error_code(err) in _GONE + _PRECONDITION_FAILED:
                 raise ObjectChanged(key) from err
             raise
-        info = self._info(key, resp["ContentLength"], resp["ETag"], resp["LastModified"])
-        body = resp["Body"]
         try:
             yield info, body
         finally:
@@ -368,12 +371,12 @@ class S3ObjectStore(ObjectStore):
         from botocore.exceptions import ClientError
 
         try:
-            resp = self._client.get_object(Bucket=self.bucket, Key=self._k(key))
+            _, body = self._get(key)
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _error_code(err) in _GONE:
                 raise FileNotFoundError(key) from err
             raise
-        with resp["Body"] as body:
+        with body:
             return body.read()
 
     def copy(self, src: str, dst: str) -> None:
@@ -426,6 +429,109 @@ class S3ObjectStore(ObjectStore):
             self._client.head_bucket(Bucket=self.bucket)
         except ClientError:
             self._client.create_bucket(Bucket=self.bucket)
+
+
+_GONE = ("404", "NoSuchKey", "NotFound")
+_PRECONDITION_FAILED = ("412", "PreconditionFailed")
+READ_RESUMES = 5  # per GET body; as many as s3transfer's num_download_attempts
+
+
+def _error_code(err) -> str | None:
+    return err.response.get("Error", {}).get("Code")
+
+
+def _body_errors() -> tuple[type[BaseException], ...]:
+    """What reading a GET's body raises when the connection breaks after the headers:
+    a reset, a body shorter than its Content-Length, a read timeout (s3transfer retries
+    the same set). botocore's retries end when the headers have arrived, so these reach
+    the caller (boto/boto3#4111)."""
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+    from urllib3.exceptions import ProtocolError
+
+    return (ResponseStreamingError, IncompleteReadError, ReadTimeoutError, ProtocolError, ConnectionError,
+            TimeoutError)
+
+
+class _ResumableBody(io.RawIOBase):
+    """An S3 GET's body that survives the connection breaking mid-body.
+
+    Callers stream a body straight into a parser and a hash, so a break would otherwise
+    fail the whole run after minutes of work, and re-reading from the start could feed
+    the parser bytes twice. Instead the read continues with a Range GET from the offset
+    reached, pinned (IfMatch) to the ETag of the first response: if the object was
+    replaced meanwhile, that is ObjectChanged rather than a stream that is half one
+    version and half the other. After READ_RESUMES breaks the error stands, and every
+    later read raises it again (a parser that took it for bad input and read on must
+    not see a clean end); the run fails cleanly and is retried as a whole.
+    """
+
+    def __init__(self, client, bucket: str, s3_key: str, info: ObjectInfo, body):
+        super().__init__()
+        self._client, self._bucket, self._s3_key, self._info, self._body = client, bucket, s3_key, info, body
+        self._pos, self._resumes, self._failed = 0, 0, None
+        self._errors = _body_errors()
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        while True:
+            if self._failed is not None:
+                raise self._failed
+            try:
+                data = self._body.read(size)
+                if not data and size and self._pos < self._info.size:  # botocore checks this too; cheap
+                    from botocore.exceptions import IncompleteReadError
+                    raise IncompleteReadError(actual_bytes=self._pos, expected_bytes=self._info.size)
+            except self._errors as err:
+                self._resume(err)
+                continue
+            self._pos += len(data)
+            return data
+
+    def readall(self) -> bytes:
+        chunks = []
+        while chunk := self.read(COPY_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+    def _resume(self, err: Exception) -> None:
+        from botocore.exceptions import ClientError
+
+        self._body.close()
+        if self._resumes >= READ_RESUMES:
+            self._failed = err
+            raise err
+        self._resumes += 1
+        # No backoff of our own: the break was one connection; the new GET gets
+        # botocore's retries (and their backoff) if the endpoint is unwell.
+        size = self._info.size
+        try:
+            resp = self._client.get_object(Bucket=self._bucket, Key=self._s3_key, Range=f"bytes={self._pos}-",
+                                           IfMatch=f'"{self._info.etag}"')
+        except Exception as gerr:
+            if isinstance(gerr, ClientError) and _error_code(gerr) in _GONE + _PRECONDITION_FAILED:
+                self._failed = ObjectChanged(self._info.key)
+                raise self._failed from gerr
+            self._failed = gerr  # botocore's retries of the new GET are spent too
+            raise
+        self._body = resp["Body"]
+        if resp.get("ContentRange") != f"bytes {self._pos}-{size - 1}/{size}":  # a server that ignored Range
+            self._body.close()
+            self._failed = err
+            raise err
+
+    def close(self) -> None:
+        if not self.closed:
+            self._body.close()
+        super().close()
 
 
 def _pyarrow_s3(session, client) -> pafs.S3FileSystem:

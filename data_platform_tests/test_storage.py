@@ -4,9 +4,12 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from botocore.exceptions import ResponseStreamingError
+from botocore.response import StreamingBody
 
 from data_platform import storage
 from data_platform.storage import LocalObjectStore, ObjectChanged, open_store
+from data_platform_tests.test_faults import BreakingStream
 
 
 def test_put_get_head_delete(store):
@@ -119,6 +122,69 @@ def test_streamed_write_sends_parts_as_they_fill(s3_store, monkeypatch):
             writer.write(chunk)
     assert s3_store.head("data/a/b/dropped.bin") is None
     assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def _break_gets(store, after: int, kind: str = "reset", times: int = 1, on_break=None) -> list:
+    """Break the bodies of the store's next `times` GETs after `after` bytes (see
+    test_faults.BreakingStream); returns every GET's Content-Range (None: a whole object)."""
+    seen = []
+
+    def hook(http_response, parsed, **_):
+        if http_response.status_code >= 300 or "Body" not in parsed:
+            return
+        seen.append(parsed.get("ContentRange"))
+        if len(seen) <= times:
+            n = parsed["ContentLength"]
+            stream = BreakingStream(parsed["Body"]._raw_stream, min(after, n - 1), kind, n, on_break)
+            parsed["Body"] = StreamingBody(stream, n)
+
+    store._client.meta.events.register("after-call.s3.GetObject", hook)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["reset", "truncated", "timeout", "short"])
+def test_a_get_broken_mid_body_resumes_where_it_stopped(s3_store, monkeypatch, kind):
+    monkeypatch.setattr(storage, "PART_BYTES", 5 * 1024 * 1024)
+    payload = bytes(range(256)) * (11 * 4096)  # 11 MiB, sent as a multipart upload (an ETag "...-3")
+    with s3_store.open_write("landing/a/b/big.bin") as writer:
+        writer.write(payload)
+        writer.commit()
+    info = s3_store.head("landing/a/b/big.bin")
+    seen = _break_gets(s3_store, after=4_000_001, kind=kind, times=2)
+    sink = io.BytesIO()
+    got, sha = s3_store.download("landing/a/b/big.bin", sink, if_etag=info.etag)
+    assert sink.getvalue() == payload and sha == hashlib.sha256(payload).hexdigest() and got == info
+    # resumed from the bytes reached (the resume broke too, and was resumed in turn), not restarted
+    assert seen == [None, f"bytes 4000001-{len(payload) - 1}/{len(payload)}",
+                    f"bytes 8000002-{len(payload) - 1}/{len(payload)}"]
+    assert s3_store.get_bytes("landing/a/b/big.bin") == payload  # (no faults left) the other entry point
+    _break_gets(s3_store, after=12345, kind=kind)
+    assert s3_store.get_bytes("landing/a/b/big.bin") == payload
+
+
+def test_an_object_replaced_before_the_resume_is_object_changed_not_mixed(s3_store):
+    old, new = b"o" * 100_000, b"N" * 100_000
+    s3_store.put_bytes("landing/a/b/x.jsonl", old)
+    _break_gets(s3_store, after=40_000, on_break=lambda: s3_store.put_bytes("landing/a/b/x.jsonl", new))
+    sink = io.BytesIO()
+    with pytest.raises(ObjectChanged):
+        s3_store.download("landing/a/b/x.jsonl", sink)
+    assert sink.getvalue() == old[:40_000]  # nothing of the new version was handed out
+    _break_gets(s3_store, after=1, on_break=lambda: s3_store.delete("landing/a/b/x.jsonl"))  # deleted meanwhile
+    with pytest.raises(ObjectChanged), s3_store.open_read("landing/a/b/x.jsonl") as (_, src):
+        src.read()
+
+
+def test_a_read_that_keeps_breaking_gives_up_and_stays_failed(s3_store):
+    s3_store.put_bytes("landing/a/b/x.bin", b"x" * 50_000)
+    seen = _break_gets(s3_store, after=1000, times=100)
+    with s3_store.open_read("landing/a/b/x.bin") as (_, src):
+        with pytest.raises(ResponseStreamingError):
+            src.read()
+        assert len(seen) == 1 + storage.READ_RESUMES
+        with pytest.raises(ResponseStreamingError):  # a caller reading on never sees a clean end
+            src.read(10)
+    assert len(seen) == 1 + storage.READ_RESUMES
 
 
 def test_local_store_cannot_escape_root(tmp_path):
