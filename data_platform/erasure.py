@@ -13,9 +13,24 @@ restricted by `kinds` and `column`) holds the subject's pseudonym; in training-s
 export parts also `_upload_id` must be one of those uploads; in feature parts (no
 lineage column; transformations may rename) any string column holding the pseudonym.
 
-Free text never holds an email, phone or IP: ingestion redacted them. Quarantine holds
-raw values (rejected rows, the original bytes of a rejected upload), which were never
-pseudonymised and so are not indexed: that prefix alone is scanned, for the raw value.
+Free text never holds an email, phone or IP: ingestion redacted them. A name may be
+written in free text, where no index points at it: when the subject may be a name, the
+free-text columns of the tenant's uploads are scanned for it (the tenant's alone) and it
+is redacted in place ("[redacted]"), in the data and in the training-set, export and
+feature parts copied from it. Quarantine holds raw values (rejected rows, the original
+bytes of a rejected upload), which were never pseudonymised and so are not indexed: that
+prefix is scanned for the raw value, and so are the originals of uploads rejected as
+`invalid_key` whose landing key lies under the tenant's prefix (`landing/{tenant}/`).
+
+**Not coming back.** Before it looks for the subject, a request records its pseudonyms in
+the tenant's suppression list (`erasure_suppressions`): ingestion drops rows holding them
+and rejected rows holding the raw value, so uploads still waiting in landing, or uploaded
+later, do not bring the subject back (see `Catalog.suppressions`).
+
+**Renumbered rows.** Erased rows shift the rows after them; near-duplicate flags
+(`_near_duplicate_of_upload`, `_near_duplicate_of_row`) name a row of an upload by
+number, so every upload of the dataset whose flags point at a rewritten one is rewritten
+with the numbers moved (a flag pointing at an erased row is cleared).
 
 **Rewriting.** A data object, an index run or a quarantine file is rewritten at its own
 key: every layout rule (retention's moves, the orphan sweep) derives these keys from
@@ -33,7 +48,10 @@ what was left and never erases an object twice.
 and a client id (or the UTC day); `erasure_requests` holds it `started`, with the uploads
 found at the start (an object already rewritten no longer holds the subject, so a retry
 must not look again), then `done` once the receipt is written. A finished request
-returns its stored receipt.
+returns its stored receipt. One run works on a request at a time: it holds a lease on
+the request's row, renewed with every step it records; a second run waits for it (then
+returns the receipt) or gives up with `ErasureBusy`; a crashed run's lease runs out and
+the next run takes the request over.
 
 **The receipt** (`_platform/erasure/{tenant}/{request_id}.json`) is built from the
 steps: every object rewritten (before/after key, sha256, rows, bytes), deleted, or not
@@ -46,12 +64,16 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import re
+import secrets
+import socket
 import tempfile
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -71,7 +93,11 @@ from data_platform.catalog.schema import (
     training_sets, uploads,
 )
 from data_platform.indexes import SUBJECTS, uploads_holding_subject
-from data_platform.privacy import Pseudonymizer, sorted_distinct, subject_key
+from data_platform.privacy import (
+    REDACTED, Pseudonymizer, kind_of_value, redact_pattern, sorted_distinct, subject_keys_of, value_pattern,
+    value_regex,
+)
+from data_platform.refinement import NEAR_DUP_ROW, NEAR_DUP_UPLOAD
 from data_platform.storage import ObjectChanged, ObjectStore
 
 KINDS = ("email", "phone", "ip", "name")
@@ -83,19 +109,35 @@ WRITTEN = "written"  # a part's new bytes are in the store; its manifest is stil
 REWRITTEN, REMOVED, NOT_REWRITTEN = "rewritten", "deleted", "not_rewritten"
 ERASED_REASON = "erased_subject"  # the reason code of a quarantined upload deleted by an erasure
 _PART_SUFFIX = re.compile(r"\.e[0-9a-f]{8}(?=\.[a-z]+$)")
+INVALID_PREFIX = f"{layout.QUARANTINE}/_invalid/"  # originals of uploads rejected as invalid_key
+LEASE = timedelta(minutes=5)  # a run's hold on its request, renewed with every step it records
+WAIT_SECONDS = 30.0  # how long a second run of a request waits for the first before giving up
+_POLL_SECONDS = 0.2
+MATCHED_UPLOADS_SHOWN = 20  # ingestion reports the 20 uploads its near-duplicates matched most
 
 # What the receipt says about objects erasure never has to touch.
 NOTES = {
     "free_text": "emails, phone numbers and IP addresses in free text were redacted at ingestion; "
-                 "names written in free text are not found",
+                 "names written in free text are searched and redacted when the subject may be a name "
+                 "(not an email, phone number or IP address): see found.scanned",
     "backups": "catalog backups hold catalog rows (states, counts, checksums, column names), no row values; "
-               "their manifest copies hold keys and checksums",
-    "landing": "uploads still waiting in landing are not ingested yet and are not erased",
+               "their manifest copies hold keys and checksums; the suppression list (pseudonyms) is a catalog "
+               "table and is in them",
+    "landing": "uploads still waiting in landing, and later uploads, are covered by the suppression list: "
+               "ingestion drops their rows holding the subject's pseudonym and their rejected rows holding "
+               "the raw value (a name inside free text of a later upload is not caught: no raw value is kept)",
+    "near_duplicate_flags": "flags in uploads' data that named a row of a rewritten upload follow its new "
+                            "numbering (cleared when that row was erased); training-set, export and feature "
+                            "copies keep the flags they were built with",
 }
 
 
 class ErasureError(RuntimeError):
     """A request that cannot run as asked, or not now (e.g. a training set is building)."""
+
+
+class ErasureBusy(ErasureError):
+    """Another run holds the request (its lease has not run out): retry later."""
 
 
 # -- the subject --------------------------------------------------------------------------------
@@ -120,6 +162,11 @@ class Subject:
         self.pseudonyms = {kind: ps.pseudonym(value, kind) for kind in kinds}
         # Raw text (quarantine): the value not glued to a longer word or address.
         self._raw = re.compile(rf"(?<![\w.+@-]){re.escape(value)}(?![\w@-])", re.IGNORECASE)
+        # Free text, when the value may be a name (emails, phones and IPs were redacted at
+        # ingestion): RE2 for Arrow columns, `re` for text handled line by line.
+        self.may_be_name = "name" in kinds and kind_of_value(value) is None
+        self._text_pattern = value_pattern(value) if self.may_be_name else None
+        self._text_regex = value_regex(value) if self.may_be_name else None
 
     def __repr__(self) -> str:
         return f"Subject(tenant={self.tenant!r}, kinds={self.kinds!r}, column={self.column!r})"
@@ -133,6 +180,21 @@ class Subject:
 
     def in_raw(self, text: str) -> bool:
         return self._raw.search(text) is not None
+
+    def suppression_entries(self) -> list[tuple[str, str | None, str]]:
+        """What the tenant's suppression list records: (kind, column or None, pseudonym)."""
+        return [(kind, self.column, pseudonym) for kind, pseudonym in sorted(self.pseudonyms.items())]
+
+    def redact(self, array) -> tuple[pa.Array, int]:
+        """Free text with the value replaced by "[redacted]", and how many times."""
+        return redact_pattern(array, self._text_pattern)
+
+    def redact_text(self, text: str) -> tuple[str, int]:
+        return self._text_regex.subn(REDACTED, text)
+
+    def text_hits(self, array) -> pa.Array:
+        """Per value: whether the free text holds the value (nulls: False)."""
+        return pc.fill_null(pc.match_substring_regex(array, self._text_pattern), False)
 
     def columns_of(self, upload: Upload) -> dict[str, set[str]]:
         """The upload's personal-data columns this request matches, with the pseudonyms to find."""
@@ -157,9 +219,12 @@ def receipt_key(tenant: str, request_id: str) -> str:
 
 def forget(store: ObjectStore, catalog: Catalog, subject: Subject, *, client_id: str | None = None,
            dry_run: bool = False, actor: str = "erasure", checkpoint: Callable[[str], None] | None = None,
-           now: datetime | None = None) -> dict:
+           now: datetime | None = None, lease: timedelta = LEASE, wait: float = WAIT_SECONDS) -> dict:
     """Erase the subject from every object of its tenant and return the receipt (or, with
-    `dry_run`, what would change: nothing is written, in the store or the catalog)."""
+    `dry_run`, what would change: nothing is written, in the store or the catalog).
+
+    While another run holds the same request, waits up to `wait` seconds for it (then
+    returns its receipt) and raises `ErasureBusy` after that."""
     now = now or datetime.now(UTC)
     request_id = request_id_for(subject, client_id, now.date())
     if dry_run:
@@ -167,22 +232,78 @@ def forget(store: ObjectStore, catalog: Catalog, subject: Subject, *, client_id:
         run.execute(_find_uploads(store, catalog, subject))
         return run.receipt(requested_at=now, completed_at=None)
     row = _begin(store, catalog, subject, request_id, actor, now)
-    if row.state == DONE:
-        body = read_object(store, row.receipt_key)
-        if body is not None and hashlib.sha256(body).hexdigest() == row.receipt_sha256:
-            return {**json.loads(body), "already_done": True}
-    run = _Run(store, catalog, subject, request_id, dry=False, actor=actor, checkpoint=checkpoint)
-    run.execute(json.loads(row.scope)["uploads"])
-    receipt = run.receipt(requested_at=row.created_at.replace(tzinfo=UTC), completed_at=datetime.now(UTC))
-    body = json.dumps(receipt, indent=2, sort_keys=True).encode()
-    key = receipt_key(subject.tenant, request_id)
-    store.put_bytes(key, body)
-    run.check("after_receipt")
+    done = _stored_receipt(store, row)
+    if done is not None:
+        return done
+    owner = f"{actor}@{socket.gethostname()}:{os.getpid()}"[:119] + f":{secrets.token_hex(4)}"
+    row = _take_lease(catalog, request_id, owner, lease, wait)
+    try:
+        done = _stored_receipt(store, row)  # finished by the run this one waited for
+        if done is not None:
+            return done
+        run = _Run(store, catalog, subject, request_id, dry=False, actor=actor, checkpoint=checkpoint, owner=owner,
+                   lease=lease)
+        run.execute(json.loads(row.scope)["uploads"])
+        receipt = run.receipt(requested_at=row.created_at.replace(tzinfo=UTC), completed_at=datetime.now(UTC))
+        body = json.dumps(receipt, indent=2, sort_keys=True).encode()
+        key = receipt_key(subject.tenant, request_id)
+        run.renew()
+        store.put_bytes(key, body)
+        run.check("after_receipt")
+        er = erasure_requests
+        with catalog.engine.begin() as conn:
+            finished = conn.execute(er.update().where(er.c.request_id == request_id, er.c.claimed_by == owner).values(
+                state=DONE, completed_at=utcnow(), updated_at=utcnow(), receipt_key=key,
+                receipt_sha256=hashlib.sha256(body).hexdigest(), claimed_by=None, claimed_until=None)).rowcount
+        if not finished:
+            raise ErasureError(f"erasure {request_id} lost its lease to another run before it finished; "
+                               "that run writes the receipt")
+        return receipt
+    finally:
+        _release(catalog, request_id, owner)
+
+
+def _stored_receipt(store: ObjectStore, row: sa.Row) -> dict | None:
+    """A finished request's receipt, as stored (None if not finished, or the receipt is
+    gone or changed: then the steps, all done, give it again)."""
+    if row.state != DONE:
+        return None
+    body = read_object(store, row.receipt_key)
+    if body is not None and hashlib.sha256(body).hexdigest() == row.receipt_sha256:
+        return {**json.loads(body), "already_done": True}
+    return None
+
+
+def _take_lease(catalog: Catalog, request_id: str, owner: str, lease: timedelta, wait: float) -> sa.Row:
+    """Hold the request for `owner` once it is free: held by nobody, or its holder's lease
+    ran out (a crashed run). Returns the request's row (`done` if the run waited for
+    finished it; a finished request whose receipt is gone is written again under the lease)."""
+    er = erasure_requests
+    deadline = time.monotonic() + wait
+    while True:
+        stamp = utcnow()
+        with catalog.engine.begin() as conn:
+            taken = conn.execute(er.update().where(
+                er.c.request_id == request_id,
+                sa.or_(er.c.claimed_by.is_(None), er.c.claimed_until < stamp, er.c.claimed_by == owner))
+                .values(claimed_by=owner, claimed_until=stamp + lease)).rowcount
+            row = conn.execute(sa.select(er).where(er.c.request_id == request_id)).one()
+        if taken:
+            return row
+        left = deadline - time.monotonic()
+        if left <= 0:
+            until = row.claimed_until.replace(tzinfo=UTC).isoformat() if row.claimed_until else None
+            raise ErasureBusy(f"erasure request {request_id} is being run by {row.claimed_by} (lease until {until}); "
+                              "retry once it is done (or, if that run died, once its lease has run out)")
+        time.sleep(min(_POLL_SECONDS, left))
+
+
+def _release(catalog: Catalog, request_id: str, owner: str) -> None:
+    """A run that stops (failed, or finished) lets the request go at once."""
+    er = erasure_requests
     with catalog.engine.begin() as conn:
-        conn.execute(erasure_requests.update().where(erasure_requests.c.request_id == request_id).values(
-            state=DONE, completed_at=utcnow(), updated_at=utcnow(), receipt_key=key,
-            receipt_sha256=hashlib.sha256(body).hexdigest()))
-    return receipt
+        conn.execute(er.update().where(er.c.request_id == request_id, er.c.claimed_by == owner)
+                     .values(claimed_by=None, claimed_until=None))
 
 
 def _find_uploads(store: ObjectStore, catalog: Catalog, subject: Subject) -> list[int]:
@@ -200,12 +321,15 @@ def _find_uploads(store: ObjectStore, catalog: Catalog, subject: Subject) -> lis
 def _begin(store: ObjectStore, catalog: Catalog, subject: Subject, request_id: str, actor: str,
            now: datetime) -> sa.Row:
     """The request's row: created `started` with the uploads found now, or the one a
-    first attempt created (its list wins: rewritten objects no longer hold the subject)."""
+    first attempt created (its list wins: rewritten objects no longer hold the subject).
+    The subject goes on the tenant's suppression list first: an upload ingested after
+    that drops its rows, one committed before it is found by the lookup that follows."""
     er = erasure_requests
     with catalog.engine.connect() as conn:
         row = conn.execute(sa.select(er).where(er.c.request_id == request_id)).first()
     if row is not None:
         return row
+    catalog.record_suppressions(subject.tenant, request_id, subject.suppression_entries())
     scope = {"kinds": list(subject.kinds), "column": subject.column, "uploads": _find_uploads(store, catalog, subject)}
     stamp = utcnow()
     try:
@@ -241,12 +365,17 @@ class _Step:
 
 class _Run:
     def __init__(self, store: ObjectStore, catalog: Catalog, subject: Subject, request_id: str, *, dry: bool,
-                 actor: str, checkpoint: Callable[[str], None] | None):
+                 actor: str, checkpoint: Callable[[str], None] | None, owner: str | None = None,
+                 lease: timedelta = LEASE):
         self.store, self.catalog, self.subject, self.request_id = store, catalog, subject, request_id
         self.dry, self.actor, self._checkpoint = dry, actor, checkpoint
+        self.owner, self.lease = owner, lease
         self.steps: dict[str, _Step] = {} if dry else self._load_steps()
-        self.uploads: dict[int, Upload] = {}
+        self.uploads: dict[int, Upload] = {}  # found through the subject index: rows to erase
         self.upload_ids: list[int] = []
+        self.erased_rows: dict[int, np.ndarray] = {}  # upload -> its erased rows (numbers before the erasure)
+        self.redacted: set[int] = set()  # uploads whose free text holds the value (a name)
+        self.text_columns: set[str] = set()  # free-text columns of the tenant's uploads (names)
         self.scanned: list[str] = []
         self._tmp = None
 
@@ -255,7 +384,25 @@ class _Run:
         if self._checkpoint is not None:
             self._checkpoint(point)
 
-    # -- the ledger of steps
+    # -- the lease and the ledger of steps
+
+    def renew(self, conn=None) -> None:
+        """Extend this run's lease on the request; raises if another run took it over (this
+        run's lease ran out): that run carries on from the steps recorded."""
+        if self.dry or self.owner is None:
+            return
+        er = erasure_requests
+
+        def extend(c):
+            held = c.execute(er.update().where(er.c.request_id == self.request_id, er.c.claimed_by == self.owner)
+                             .values(claimed_until=utcnow() + self.lease)).rowcount
+            if not held:
+                raise ErasureError(f"erasure {self.request_id} lost its lease to another run; that run finishes it")
+        if conn is not None:
+            extend(conn)
+        else:
+            with self.catalog.engine.begin() as c:
+                extend(c)
 
     def _load_steps(self) -> dict[str, _Step]:
         with self.catalog.engine.connect() as conn:
@@ -273,6 +420,7 @@ class _Run:
         where = (es.c.request_id == self.request_id, es.c.object_key == step.key)
 
         def write(c):
+            self.renew(c)  # in the same transaction: a run that lost its lease records nothing more
             if not c.execute(es.update().where(*where).values(**values)).rowcount:
                 c.execute(es.insert().values(request_id=self.request_id, object_key=step.key, **values))
         if conn is not None:
@@ -287,6 +435,7 @@ class _Run:
             self.steps.pop(key, None)
         if not self.dry and keys:
             with self.catalog.engine.begin() as conn:
+                self.renew(conn)
                 conn.execute(erasure_steps.delete().where(erasure_steps.c.request_id == self.request_id,
                                                           erasure_steps.c.object_key.in_(keys)))
 
@@ -302,19 +451,27 @@ class _Run:
             u = self.catalog.get(upload_id)
             if u is not None:
                 self.uploads[upload_id] = u
-        self._refuse_building_sets()
         with tempfile.TemporaryDirectory(prefix="erasure-") as tmp:
             self._tmp = Path(tmp)
-            for upload_id in self.upload_ids:
-                self._upload(upload_id)
+            self._scan_free_text()
+            self._refuse_building_sets()
+            self._plan()
+            for upload_id in sorted(set(self.upload_ids) | self.redacted):
+                self._upload(upload_id, erase=upload_id in self.uploads)
+            self._flag_holders()
             self._training_sets()
             self._feature_versions()
             self._exports()
             self._quarantine()
+            self._invalid_keys()
         self.check("before_receipt")
 
+    def _affected(self) -> set[int]:
+        """Uploads whose copies (training sets, feature versions, exports) must change."""
+        return set(self.uploads) | self.redacted
+
     def _refuse_building_sets(self) -> None:
-        ids = list(self.uploads)
+        ids = sorted(self._affected())
         if not ids:
             return
         query = (sa.select(training_sets.c.name, training_sets.c.version, training_set_files.c.upload_id)
@@ -329,42 +486,125 @@ class _Run:
             raise ErasureError(f"training set {held.name} v{held.version} is being built from upload "
                                f"{held.upload_id}; retry once it is complete")
 
+    # -- names in free text: not indexed, so the tenant's free-text columns are scanned
+
+    def _scan_free_text(self) -> None:
+        """When the subject may be a name: the uploads of the tenant whose free-text columns
+        hold it (read column by column, a batch at a time, matched in Arrow). Bounded to the
+        tenant; uploads found through the subject index are redacted as they are rewritten."""
+        if not self.subject.may_be_name:
+            return
+        candidates = [u for u in self.catalog.list_uploads(tenant=self.subject.tenant)
+                      if u.state in INGESTED and u.object_key]
+        if self.subject.column is not None and not any(
+                (u.report.get("pii_columns") or {}).get(self.subject.column) == "name" for u in candidates):
+            return  # restricted to a column that holds no names
+        # Uploads a first attempt redacted no longer hold the value: their copies still may.
+        self.redacted |= {s.upload_id for s in self.steps.values()
+                          if s.what == "data" and s.detail.get("values_redacted")}
+        scanned = 0
+        for u in candidates:
+            columns = _text_columns_of(u)
+            self.text_columns |= set(columns)
+            if not columns:
+                continue
+            scanned += 1
+            if u.id in self.redacted:
+                continue  # a first attempt redacted it already
+            if u.id in self.uploads or self._holds_text(u.object_key, columns):
+                self.redacted.add(u.id)
+        self.scanned.append(f"free-text columns of {scanned} upload(s) of tenant {self.subject.tenant} "
+                            "(a name written in free text is not indexed)")
+
+    def _holds_text(self, key: str, columns: list[str]) -> bool:
+        try:
+            return self._read_text_hits(key, columns)
+        except FileNotFoundError:
+            return False  # deleted or moved since it was listed
+
+    def _read_text_hits(self, key: str, columns: list[str]) -> bool:
+        with self.store.filesystem.open_input_file(self.store.fs_path(key)) as f:
+            parquet = pq.ParquetFile(f)
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            if not present:
+                return False
+            for batch in parquet.iter_batches(columns=present, batch_size=65_536):
+                for column in batch.columns:
+                    if pc.any(self.subject.text_hits(column.cast(pa.string()))).as_py():
+                        return True
+        return False
+
     # -- data objects and their index runs
 
-    def _upload(self, upload_id: int) -> None:
+    def _plan(self) -> None:
+        """The rows each found upload loses, numbered as before the erasure, before any is
+        rewritten: another upload's near-duplicate flags may name them. From the step of a
+        first attempt, or else from the upload's personal-data columns alone."""
+        for upload_id in self.upload_ids:
+            u = self.uploads.get(upload_id)
+            if u is None or u.state not in INGESTED or not u.object_key:
+                continue
+            step = self.steps.get(u.object_key)
+            if step is not None and step.what == "data":
+                self.erased_rows[upload_id] = np.array(step.detail.get("erased_rows", []), dtype=np.int64)
+                continue
+            columns = self.subject.columns_of(u)
+            try:
+                with self.store.filesystem.open_input_file(self.store.fs_path(u.object_key)) as f:
+                    parquet = pq.ParquetFile(f)
+                    present = [c for c in columns if c in parquet.schema_arrow.names]
+                    table = parquet.read(columns=present) if present else pa.table({})
+            except FileNotFoundError:
+                continue  # moved or deleted since: `_upload` says what to do
+            self.erased_rows[upload_id] = np.flatnonzero(_match(table, columns)) if present else np.zeros(0, np.int64)
+
+    def _upload(self, upload_id: int, *, erase: bool) -> None:
+        """Rewrite one upload's data object at its key: the subject's rows erased (`erase`),
+        near-duplicate flags pointing at erased or renumbered rows fixed, the value
+        redacted in free text (a name); then its index runs, then the catalog."""
         u = self.catalog.get(upload_id)
         if u is None or u.state not in INGESTED or not u.object_key:
             return  # deleted since the request started: nothing of it is left to erase
-        self.uploads[upload_id] = u
-        columns = self.subject.columns_of(u)
+        if erase:
+            self.uploads[upload_id] = u
         data = self.steps.get(u.object_key)
         if data is not None and data.state == DONE:
             return
         local = self._tmp / f"data-{upload_id}.parquet"
         current, current_sha = self._download(u.object_key, local)
         if data is not None and current_sha == data.detail["after"]["sha256"]:
-            new_local, erased = local, np.array(data.detail["erased_rows"], dtype=np.int64)  # PUT before a crash
+            new_local = local  # PUT before a crash
         else:
             if data is not None and current_sha != data.detail["before"]["sha256"]:
                 raise ErasureError(f"{u.object_key} changed while erasure {self.request_id} was under way")
             table = pq.read_table(current)
-            mask = _match(table, columns)
+            mask = _match(table, self.subject.columns_of(u)) if erase else np.zeros(table.num_rows, dtype=bool)
             erased = np.flatnonzero(mask)
-            if not len(erased):
-                return  # a subject-key collision named this upload: its data does not hold the subject
+            if erase:
+                self.erased_rows[upload_id] = erased
+            new = table.filter(pa.array(~mask))
+            new, remapped = self._remap_flags(new)
+            new, redacted, redacted_rows = self._redact(new, u) if upload_id in self.redacted else (new, 0, [])
+            if not len(erased) and not remapped and not redacted:
+                return  # a subject-key collision named this upload, or nothing of it changes
             new_local = self._tmp / f"data-{upload_id}.new.parquet"
-            _write_parquet(table.filter(pa.array(~mask)), new_local, table.schema)
+            _write_parquet(new, new_local, table.schema)
             data = _Step(u.object_key, "data", REWRITTEN, WRITING, upload_id, {
                 "before": {"key": u.object_key, "sha256": current_sha, "rows": table.num_rows,
                            "bytes": current.stat().st_size},
                 "after": {"key": u.object_key, "sha256": _sha(new_local), "rows": table.num_rows - len(erased),
                           "bytes": new_local.stat().st_size},
                 "rows_erased": int(len(erased)), "erased_rows": erased.tolist()})
+            if remapped:
+                data.detail["flags_remapped"] = remapped
+            if redacted:
+                data.detail.update(values_redacted=redacted, redacted_rows=redacted_rows)
             self._save(data)
             if not self.dry:
                 self.store.upload_file(new_local, u.object_key)
             self.check(f"after_data:{upload_id}")
-        runs = self._index_runs(u, new_local, erased)
+        runs = self._index_runs(u, new_local, np.array(data.detail["erased_rows"], dtype=np.int64),
+                                np.array(data.detail.get("redacted_rows", []), dtype=np.int64))
         if self.dry:
             for step in [data] + runs:
                 step.state = DONE
@@ -386,13 +626,92 @@ class _Run:
                 self._save(step, conn)
         self.check(f"after_upload:{upload_id}")
 
+    def _remap_flags(self, table: pa.Table) -> tuple[pa.Table, int]:
+        """Near-duplicate flags naming a row of an upload that loses rows: the row's new
+        number (the erased rows before it fewer), or no flag when that row was erased.
+        Returns the table and how many flags changed."""
+        if NEAR_DUP_UPLOAD not in table.column_names or NEAR_DUP_ROW not in table.column_names:
+            return table, 0
+        targets = {x: e for x, e in self.erased_rows.items() if len(e)}
+        if not targets or table.num_rows == 0:
+            return table, 0
+        of_upload = pc.fill_null(table.column(NEAR_DUP_UPLOAD), -1).to_numpy().astype(np.int64)
+        of_row = pc.fill_null(table.column(NEAR_DUP_ROW), -1).to_numpy().astype(np.int64)
+        new_row, cleared = of_row.copy(), np.zeros(len(of_row), dtype=bool)
+        for x, erased in targets.items():
+            at = np.flatnonzero(of_upload == x)
+            if not len(at):
+                continue
+            rows = of_row[at]
+            cleared[at] = np.isin(rows, erased)
+            new_row[at] = rows - np.searchsorted(erased, rows)
+        changed = int((cleared | (new_row != of_row)).sum())
+        if not changed:
+            return table, 0
+        absent = (of_upload < 0) | cleared
+        i_up, i_row = table.schema.get_field_index(NEAR_DUP_UPLOAD), table.schema.get_field_index(NEAR_DUP_ROW)
+        table = table.set_column(i_up, table.schema.field(i_up),
+                                 pa.array(of_upload, table.schema.field(i_up).type, mask=absent))
+        table = table.set_column(i_row, table.schema.field(i_row),
+                                 pa.array(new_row, table.schema.field(i_row).type, mask=absent))
+        return table, changed
+
+    def _redact(self, table: pa.Table, u: Upload) -> tuple[pa.Table, int, list[int]]:
+        """The value redacted in the upload's free-text columns: the table, how many
+        occurrences, and the rows changed (for the near-duplicate run)."""
+        total, rows = 0, np.zeros(table.num_rows, dtype=bool)
+        for name in _text_columns_of(u):
+            if name not in table.column_names:
+                continue
+            i = table.schema.get_field_index(name)
+            column = table.column(i)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                continue
+            hits = self.subject.text_hits(column).to_numpy(zero_copy_only=False)
+            if not hits.any():
+                continue
+            text, n = self.subject.redact(column)
+            total += n
+            rows |= hits
+            table = table.set_column(i, table.schema.field(i), text.cast(column.type))
+        return table, total, np.flatnonzero(rows).tolist()
+
+    def _flag_holders(self) -> None:
+        """The other uploads of a dataset whose near-duplicate flags name a row of an
+        upload that lost rows: rewritten with the numbers moved. The ingestion report names
+        the uploads a near-duplicate matched (the 20 most matched): only uploads matching
+        one of those, or more than 20, are read."""
+        targets = {x for x, e in self.erased_rows.items() if len(e)}
+        if not targets:
+            return
+        datasets = {self.uploads[x].dataset for x in targets if x in self.uploads}
+        done = set(self.upload_ids) | self.redacted
+        for dataset in sorted(datasets):
+            for u in self.catalog.list_uploads(tenant=self.subject.tenant, dataset=dataset):
+                if u.id in done or u.state not in INGESTED or not u.object_key:
+                    continue
+                step = self.steps.get(u.object_key)
+                if step is None:
+                    near = u.report.get("near_duplicates") or {}
+                    matched = near.get("matched_uploads") or {}
+                    if near.get("action") == "drop" or not matched:
+                        continue
+                    if len(matched) < MATCHED_UPLOADS_SHOWN and not targets & {int(k) for k in matched}:
+                        continue
+                self._upload(u.id, erase=False)
+
     def _registered_runs(self, upload_id: int) -> dict[str, str]:
         with self.catalog.engine.connect() as conn:
             return dict(conn.execute(sa.select(index_runs.c.kind, index_runs.c.object_key)
                                      .where(index_runs.c.upload_id == upload_id)).all())
 
-    def _index_runs(self, u: Upload, new_data: Path, erased: np.ndarray) -> list[_Step]:
+    def _index_runs(self, u: Upload, new_data: Path, erased: np.ndarray, redacted: np.ndarray) -> list[_Step]:
+        """The upload's index runs after its rows changed: the subjects run rebuilt (rows
+        erased), the near-duplicate run without the erased rows' entries (later rows
+        renumbered) nor those of rows whose text was redacted (sketched from the name)."""
         out = []
+        if not len(erased) and not len(redacted):
+            return out  # only near-duplicate flags moved: the runs stay as they are
         for kind, key in sorted(self._registered_runs(u.id).items()):
             step = self.steps.get(key)
             if step is not None and step.state == DONE:
@@ -403,6 +722,8 @@ class _Run:
                 out.append(_Step(key, "index_run:rows", NOT_REWRITTEN, DONE, u.id, {
                     "reason": "unkeyed 64-bit hashes of whole raw rows, sorted: the erased rows' entries cannot "
                               "be told apart (and only stop the same raw row from being ingested again)"}))
+                continue
+            if kind == SUBJECTS and not len(erased):
                 continue
             local = self._tmp / f"run-{kind}.parquet"
             _, current_sha = self._download(key, local)
@@ -416,8 +737,8 @@ class _Run:
                 new = pa.table({"subject": _subject_keys(pq.read_table(new_data), u)})
             else:  # near_dup: one entry per kept row, by row number; later rows move up
                 rows = run.column("row").to_numpy().astype(np.int64)
-                keep = ~np.isin(rows, erased)
                 shifted = rows - np.searchsorted(erased, rows)
+                keep = ~np.isin(rows, erased) & ~np.isin(shifted, redacted)
                 new = run.filter(pa.array(keep)).set_column(
                     run.schema.get_field_index("row"), run.schema.field("row"),
                     pa.array(shifted[keep], run.schema.field("row").type))
@@ -437,7 +758,7 @@ class _Run:
     # -- manifests and their parts
 
     def _training_sets(self) -> None:
-        ids = list(self.uploads)
+        ids = sorted(self._affected())
         if not ids:
             return
         query = (sa.select(training_sets).where(
@@ -452,7 +773,7 @@ class _Run:
                             catalog_row=ts)
 
     def _feature_versions(self) -> None:
-        ids = list(self.uploads)
+        ids = sorted(self._affected())
         if not ids:
             return
         fv = feature_versions
@@ -467,7 +788,7 @@ class _Run:
                             catalog_row=v)
 
     def _exports(self) -> None:
-        ids = set(self.uploads)
+        ids = self._affected()
         if not ids:
             return
         for key in sorted(export_manifest_keys(self.store, self.subject.tenant)):
@@ -534,10 +855,13 @@ class _Run:
                               "this one if it describes the subject"}))
             return
         erased = sum(p.detail["rows_erased"] for p in part_steps)
+        redacted = sum(p.detail.get("values_redacted", 0) for p in part_steps)
+        entry = {"request_id": self.request_id, "rows_erased": erased}
+        if redacted:
+            entry["values_redacted"] = redacted
         new = {**manifest, "parts": parts, "rows": sum(p["rows"] for p in parts),
                "bytes": sum(p["bytes"] for p in parts),
-               "erasures": list(manifest.get("erasures", ())) + [{"request_id": self.request_id,
-                                                                   "rows_erased": erased}]}
+               "erasures": list(manifest.get("erasures", ())) + [entry]}
         for f in new.get("files", ()):
             n = erased_by_upload.get(f.get("upload_id"), 0)
             if n:
@@ -550,6 +874,7 @@ class _Run:
             "after": {"key": manifest_key, "sha256": hashlib.sha256(new_body).hexdigest(), "rows": new["rows"],
                       "bytes": len(new_body)},
             "data_bytes": new["bytes"], "rows_erased": erased,
+            **({"values_redacted": redacted} if redacted else {}),
             "parts": [p.key for p in part_steps],
             "erased_by_upload": {str(k): v for k, v in sorted(erased_by_upload.items())}})
         self._save(step)
@@ -564,25 +889,31 @@ class _Run:
 
     def _part(self, part: dict, what: str, fmt: str, columns: dict[str, set[str]] | None,
               pseudonyms: set[str]) -> _Step | None:
+        """A part without the subject's rows (of the found uploads) and, when the subject may
+        be a name, with it redacted in the free-text columns; None if nothing changes."""
         local = self._tmp / "part"
         _, sha = self._download(part["key"], local)
         new_local = self._tmp / "part.new"
         ids = set(self.uploads)
+        text = self.text_columns if self.redacted else set()
+        redacted = 0
         if fmt == "parquet":
             table = pq.read_table(local)
             mask = _match(table, columns, ids) if columns is not None else self._feature_rows(table)
-            if not mask.any():
+            kept = table.filter(pa.array(~mask))
+            kept, redacted = self._redact_columns(kept, text)
+            if not mask.any() and not redacted:
                 return None
-            _write_parquet(table.filter(pa.array(~mask)), new_local, table.schema)
+            _write_parquet(kept, new_local, table.schema)
             rows_before = table.num_rows
             erased_ids = table.column(SOURCE_COLUMN).to_numpy()[mask] if columns is not None else np.array([])
         elif fmt == "jsonl":
-            rows_before, erased_ids = _filter_jsonl(local, new_local, columns, ids)
+            rows_before, erased_ids, redacted = _filter_jsonl(local, new_local, columns, ids, self.subject, text)
         elif fmt == "csv":
-            rows_before, erased_ids = _filter_csv(local, new_local, columns, ids)
+            rows_before, erased_ids, redacted = _filter_csv(local, new_local, columns, ids, self._redact_columns, text)
         else:
             raise ErasureError(f"{part['key']}: unknown format {fmt!r}")
-        if not len(erased_ids) and columns is not None:
+        if not len(erased_ids) and columns is not None and not redacted:
             return None
         erased = int(len(erased_ids)) if columns is not None else int(mask.sum())
         new_key = _new_part_key(part["key"], self.request_id)
@@ -592,6 +923,8 @@ class _Run:
                       "bytes": new_local.stat().st_size},
             "rows_erased": erased,
             "erased_by_upload": {str(k): int(v) for k, v in sorted(Counter(erased_ids.tolist()).items())}})
+        if redacted:
+            step.detail["values_redacted"] = redacted
         self._save(step)
         if not self.dry:
             self.store.upload_file(new_local, new_key)  # beside the old part: the manifest still names that one
@@ -599,6 +932,22 @@ class _Run:
             self._save(step)
         self.check(f"after_part:{part['key']}")
         return step
+
+    def _redact_columns(self, table: pa.Table, columns: set[str]) -> tuple[pa.Table, int]:
+        """The value redacted in these string columns of a copy (a part)."""
+        total = 0
+        for name in sorted(columns):
+            if name not in table.column_names:
+                continue
+            i = table.schema.get_field_index(name)
+            column = table.column(i)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                continue
+            text, n = self.subject.redact(column)
+            if n:
+                total += n
+                table = table.set_column(i, table.schema.field(i), text.cast(column.type))
+        return table, total
 
     def _feature_rows(self, table: pa.Table) -> np.ndarray:
         """Feature parts have no lineage column: rows whose source personal-data columns
@@ -644,7 +993,14 @@ class _Run:
 
     def _quarantine(self) -> None:
         prefix = f"{layout.QUARANTINE}/{self.subject.tenant}/"
-        self.scanned.append(prefix)
+        # A first attempt's deletions, finished first: one that died after deleting some or
+        # all of an upload's objects (before its step was done) no longer finds them listed
+        # below, and its receipt would lose the deletion (found by test_kills.py).
+        for step in list(self.steps.values()):
+            if step.what == "quarantine_upload" and step.key.startswith(prefix) and step.state != DONE:
+                u = self.catalog.get(step.upload_id)
+                if u is not None:
+                    self._original(u, step.key, [])
         objects = sorted(self.store.list(prefix), key=lambda i: i.key)
         by_upload: dict[int, list] = defaultdict(list)
         for info in objects:
@@ -657,7 +1013,7 @@ class _Run:
             if u is None or u.tenant != self.subject.tenant:
                 continue
             if originals and (u.state == QUARANTINED or originals[0].key in self.steps):
-                if self._original(u, originals[0], infos):
+                if self._original(u, originals[0].key, infos):
                     continue
             for info in infos:
                 if info.key.endswith("/rejected_rows.jsonl"):
@@ -665,21 +1021,57 @@ class _Run:
                 elif info.key.endswith("/report.json"):
                     self._report(u, info.key)
 
-    def _original(self, u: Upload, original, infos) -> bool:
+    def _invalid_keys(self) -> None:
+        """Originals of uploads rejected as `invalid_key` lie under quarantine/_invalid/,
+        outside every tenant's prefix. One whose landing key lies under the tenant's own
+        landing prefix (`landing/{tenant}/...`: only who may write there could put it there)
+        is the tenant's and is searched like any quarantined original. One whose key names
+        no tenant cannot be attributed: reading it for this tenant's subject would reach
+        what may be another tenant's bytes, so it is left and listed, for an operator."""
+        tenant = self.subject.tenant
+        own = f"{layout.LANDING}/{tenant}/"
+        query = (sa.select(uploads).where(uploads.c.tenant.is_(None), uploads.c.state == QUARANTINED,
+                                          uploads.c.object_key.like(f"{INVALID_PREFIX}%"))
+                 .order_by(uploads.c.id))
+        with self.catalog.engine.connect() as conn:
+            rows = [Upload.from_row(r) for r in conn.execute(query) if r.object_key.startswith(INVALID_PREFIX)]
+        searched = 0
+        for u in rows:
+            if u.landing_key.startswith(own):
+                searched += 1
+                infos = sorted(self.store.list(u.object_key), key=lambda i: i.key)
+                originals = [i for i in infos if "/original/" in i.key]
+                if originals:
+                    self._original(u, originals[0].key, infos)
+            elif _named_tenant(u.landing_key) is None and u.object_key not in self.steps:
+                self._save(_Step(u.object_key, "quarantine_invalid_key", NOT_REWRITTEN, DONE, u.id, {
+                    "reason": "an upload rejected as invalid_key whose landing key names no tenant: its bytes "
+                              "cannot be attributed to this tenant, so they were not searched; an operator may "
+                              "inspect and delete them"}))
+        # A first attempt's deletions (the uploads are no longer quarantined): finish them.
+        for step in list(self.steps.values()):
+            if step.what == "quarantine_upload" and step.key.startswith(INVALID_PREFIX) and step.state != DONE:
+                u = self.catalog.get(step.upload_id)
+                if u is not None:
+                    self._original(u, step.key, [])
+        self.scanned.append(f"{INVALID_PREFIX}: the originals of {searched} upload(s) rejected as invalid_key "
+                            f"under {own}")
+
+    def _original(self, u: Upload, original_key: str, infos) -> bool:
         """A rejected upload's original bytes hold raw personal data by definition and may
         not even parse: one holding the subject is deleted, with its whole quarantine
         prefix, and the upload gets a tombstone (reason erased_subject)."""
-        step = self.steps.get(original.key)
+        step = self.steps.get(original_key)
         if step is not None and step.state == DONE:
             return True
         if step is None:
             local = self._tmp / "original"
-            _, sha = self._download(original.key, local)
-            if not self.subject.in_raw(_raw_text(local, original.key)):
+            _, sha = self._download(original_key, local)
+            if not self.subject.in_raw(_raw_text(local, original_key)):
                 return False
-            step = _Step(original.key, "quarantine_upload", REMOVED, WRITING, u.id, {
-                "before": {"key": original.key, "sha256": sha, "rows": None, "bytes": local.stat().st_size},
-                "reason": ERASED_REASON, "also_deleted": sorted(i.key for i in infos if i.key != original.key)})
+            step = _Step(original_key, "quarantine_upload", REMOVED, WRITING, u.id, {
+                "before": {"key": original_key, "sha256": sha, "rows": None, "bytes": local.stat().st_size},
+                "reason": ERASED_REASON, "also_deleted": sorted(i.key for i in infos if i.key != original_key)})
             self._save(step)
         if not self.dry:
             again = self.catalog.get(u.id)
@@ -687,20 +1079,44 @@ class _Run:
                 self.catalog.delete_uploads([RetentionMove(u.id, QUARANTINED, ERASED_REASON,
                                                            {"request_id": self.request_id})], actor=self.actor)
             self.check(f"after_tombstone:{u.id}")
-            self.store.delete_many([original.key] + step.detail["also_deleted"])
+            self.store.delete_many([original_key] + step.detail["also_deleted"])
         step.state = DONE
         self._save(step)
         return True
 
     def _rejected_rows(self, u: Upload, key: str) -> None:
-        def rewrite(data: bytes) -> tuple[bytes, int, int]:
+        """Lines holding the raw value go; the upload's `quarantined_rows` (and its report's
+        counts per reason) drop by as many, in the transaction that marks the step done."""
+        def rewrite(data: bytes) -> tuple[bytes, int, int, dict]:
             lines = data.splitlines(keepends=True)
-            kept = [line for line in lines if not self.subject.in_raw(line.decode("utf-8", "replace"))]
-            return b"".join(kept), len(lines), len(lines) - len(kept)
-        self._in_place(u, key, "quarantine_rejected_rows", rewrite)
+            kept, by_reason = [], Counter()
+            for line in lines:
+                if self.subject.in_raw(line.decode("utf-8", "replace")):
+                    by_reason[_reason_of(line)] += 1
+                else:
+                    kept.append(line)
+            erased = len(lines) - len(kept)
+            return b"".join(kept), len(lines), erased, {"erased_by_reason": dict(by_reason)} if erased else {}
+
+        def commit(conn, step: _Step) -> None:
+            n = step.detail["rows_erased"]
+            row = conn.execute(sa.select(uploads.c.quarantined_rows, uploads.c.detail)
+                               .where(uploads.c.id == u.id)).first()
+            if row is None:
+                return
+            values = {"quarantined_rows": max(0, (row.quarantined_rows or 0) - n), "updated_at": utcnow()}
+            detail = _json_dict(row.detail)
+            if isinstance(detail.get("rejected_by_reason"), dict):
+                detail["rejected_by_reason"] = _minus(detail["rejected_by_reason"], step.detail["erased_by_reason"])
+                values["detail"] = json.dumps(detail, sort_keys=True)
+            conn.execute(uploads.update().where(uploads.c.id == u.id).values(**values))
+        self._in_place(u, key, "quarantine_rejected_rows", rewrite, commit)
 
     def _report(self, u: Upload, key: str) -> None:
-        def rewrite(data: bytes) -> tuple[bytes, int, int]:
+        rows_step = self.steps.get(key[:-len("report.json")] + "rejected_rows.jsonl")
+        gone = rows_step.detail if rows_step is not None and rows_step.action == REWRITTEN else None
+
+        def rewrite(data: bytes) -> tuple[bytes, int, int, dict]:
             doc = json.loads(data)
             found = [0]
 
@@ -714,7 +1130,12 @@ class _Run:
                     return "[erased]"
                 return value
             doc = clean(doc)
-            return json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8"), None, found[0]
+            counted = gone is not None and isinstance(doc.get("rejected_rows"), int)
+            if counted:  # the rejected rows erased from rejected_rows.jsonl: its counts follow
+                doc["rejected_rows"] = max(0, doc["rejected_rows"] - gone["rows_erased"])
+                doc["rejected_by_reason"] = _minus(doc.get("rejected_by_reason") or {}, gone["erased_by_reason"])
+            new = json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8")
+            return new, None, found[0], {"counts_updated": True} if counted and new != data else {}
         self._in_place(u, key, "quarantine_report", rewrite)
 
     def _holds(self, value: dict, found: list) -> bool:
@@ -724,7 +1145,7 @@ class _Run:
             return True
         return False
 
-    def _in_place(self, u: Upload, key: str, what: str, rewrite) -> None:
+    def _in_place(self, u: Upload, key: str, what: str, rewrite, commit=None) -> None:
         step = self.steps.get(key)
         if step is not None and step.state == DONE:
             return
@@ -736,20 +1157,25 @@ class _Run:
         if step is not None and sha not in (step.detail["before"]["sha256"], step.detail["after"]["sha256"]):
             raise ErasureError(f"{key} changed while erasure {self.request_id} was under way")
         if step is None or sha == step.detail["before"]["sha256"]:
-            new, rows, erased = rewrite(local.read_bytes())
-            if not erased:
+            new, rows, erased, extra = rewrite(local.read_bytes())
+            if not erased and not extra:
                 return
             step = _Step(key, what, REWRITTEN, WRITING, u.id, {
                 "before": {"key": key, "sha256": sha, "rows": rows, "bytes": local.stat().st_size},
                 "after": {"key": key, "sha256": hashlib.sha256(new).hexdigest(),
                           "rows": None if rows is None else rows - erased, "bytes": len(new)},
-                "rows_erased": erased})
+                "rows_erased": erased, **extra})
             self._save(step)
             if not self.dry:
                 self.store.put_bytes(key, new)
             self.check(f"after_quarantine:{key}")
         step.state = DONE
-        self._save(step)
+        if self.dry or commit is None:
+            self._save(step)
+            return
+        with self.catalog.engine.begin() as conn:
+            commit(conn, step)
+            self._save(step, conn)
 
     # -- helpers
 
@@ -761,23 +1187,36 @@ class _Run:
     def receipt(self, *, requested_at: datetime, completed_at: datetime | None) -> dict:
         done = sorted((s for s in self.steps.values() if s.state == DONE), key=lambda s: (s.what, s.key))
         entry = lambda s: {"key": s.key, "what": s.what, "upload_id": s.upload_id}  # noqa: E731
+        also = lambda s: {k: s.detail[k] for k in ("values_redacted", "flags_remapped")  # noqa: E731
+                          if s.detail.get(k)}
         rewritten = [{**entry(s), "before": s.detail["before"], "after": s.detail["after"],
-                      "rows_erased": s.detail.get("rows_erased")} for s in done if s.action == REWRITTEN]
+                      "rows_erased": s.detail.get("rows_erased"), **also(s)} for s in done if s.action == REWRITTEN]
         deleted = [{**entry(s), "before": s.detail["before"], "reason": s.detail["reason"],
                     "also_deleted": s.detail.get("also_deleted", [])} for s in done if s.action == REMOVED]
         skipped = [{**entry(s), "reason": s.detail["reason"]} for s in done if s.action == NOT_REWRITTEN]
-        data_rows = sum(s.detail["rows_erased"] for s in done if s.what == "data" and s.action == REWRITTEN)
+        data = [s for s in done if s.what == "data" and s.action == REWRITTEN]
+        found = {"uploads": self.upload_ids, "through": "subject index (_platform/indexes/subjects/)",
+                 "scanned": [f"{layout.QUARANTINE}/{self.subject.tenant}/ (raw values are not indexed)",
+                             *self.scanned]}
+        if self.subject.may_be_name:
+            found["free_text_uploads"] = sorted(self.redacted)
         return {
             "kind": "erasure_receipt", "request_id": self.request_id, "tenant": self.subject.tenant,
             "subject_sha256": self.subject.sha256, "kinds": list(self.subject.kinds), "column": self.subject.column,
             "dry_run": self.dry, "requested_at": requested_at.isoformat(),
             "completed_at": completed_at.isoformat() if completed_at else None,
-            "found": {"uploads": self.upload_ids, "through": "subject index (_platform/indexes/subjects/)",
-                      "scanned": [f"{layout.QUARANTINE}/{self.subject.tenant}/ (raw values are not indexed)"]},
+            "found": found,
             "rewritten": rewritten, "deleted": deleted, "not_rewritten": skipped,
+            "suppression": {
+                "recorded": not self.dry, "kinds": sorted(self.subject.pseudonyms), "column": self.subject.column,
+                "covers": "uploads waiting in landing and every later upload of the tenant (erasure_suppressions: "
+                          "the subject's pseudonyms, never the raw value)"},
             "counts": {"objects_rewritten": len(rewritten), "objects_deleted": len(deleted),
-                       "not_rewritten": len(skipped), "data_rows_erased": data_rows,
-                       "uploads": len(self.upload_ids)},
+                       "not_rewritten": len(skipped), "data_rows_erased": sum(s.detail["rows_erased"] for s in data),
+                       "uploads": len(self.upload_ids),
+                       "values_redacted": sum(s.detail.get("values_redacted", 0) for s in done
+                                              if s.action == REWRITTEN and not s.what.endswith("_manifest")),
+                       "near_duplicate_flags_moved": sum(s.detail.get("flags_remapped", 0) for s in data)},
             "notes": NOTES,
         }
 
@@ -809,9 +1248,11 @@ def _match_any(table: pa.Table, pseudonyms: set[str], column: str | None) -> np.
     return _match(table, {n: pseudonyms for n in names})
 
 
-def _filter_jsonl(src: Path, dst: Path, columns: dict[str, set[str]], ids: set[int]) -> tuple[int, np.ndarray]:
-    """Lines kept byte for byte; a line goes when its row matches."""
-    total, erased = 0, []
+def _filter_jsonl(src: Path, dst: Path, columns: dict[str, set[str]], ids: set[int], subject: Subject,
+                  text: set[str]) -> tuple[int, np.ndarray, int]:
+    """Lines kept byte for byte; a line goes when its row matches; a line whose free text
+    (`text` columns) holds the value is written again with it redacted."""
+    total, erased, redacted = 0, [], 0
     with open(src, "rb") as f, open(dst, "wb") as out:
         for line in f:
             total += 1
@@ -819,11 +1260,20 @@ def _filter_jsonl(src: Path, dst: Path, columns: dict[str, set[str]], ids: set[i
             if row.get(SOURCE_COLUMN) in ids and any(row.get(c) in v for c, v in columns.items()):
                 erased.append(row[SOURCE_COLUMN])
                 continue
+            found = 0
+            for name in text:
+                if isinstance(row.get(name), str):
+                    row[name], n = subject.redact_text(row[name])
+                    found += n
+            if found:
+                redacted += found
+                line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
             out.write(line)
-    return total, np.array(erased, dtype=np.int64)
+    return total, np.array(erased, dtype=np.int64), redacted
 
 
-def _filter_csv(src: Path, dst: Path, columns: dict[str, set[str]], ids: set[int]) -> tuple[int, np.ndarray]:
+def _filter_csv(src: Path, dst: Path, columns: dict[str, set[str]], ids: set[int], redact,
+                text: set[str]) -> tuple[int, np.ndarray, int]:
     """CSV values may hold quoted newlines: read and written by DuckDB, every value as text."""
     with duckdb.connect() as con:
         table = con.sql(f"SELECT * FROM read_csv('{_sql(src)}', header=true, all_varchar=true, "
@@ -831,9 +1281,9 @@ def _filter_csv(src: Path, dst: Path, columns: dict[str, set[str]], ids: set[int
         mask = _match(table, columns)
         source = np.array([int(v) if v is not None else -1 for v in table.column(SOURCE_COLUMN).to_pylist()])
         mask &= np.isin(source, sorted(ids))
-        kept = table.filter(pa.array(~mask))  # noqa: F841 - read by DuckDB below
+        kept, redacted = redact(table.filter(pa.array(~mask)), text)  # noqa: F841 - read by DuckDB below
         con.execute(f"COPY (SELECT * FROM kept) TO '{_sql(dst)}' (FORMAT csv, HEADER true)")
-    return table.num_rows, source[mask]
+    return table.num_rows, source[mask], redacted
 
 
 def _sql(path: Path) -> str:
@@ -847,14 +1297,48 @@ def _write_parquet(table: pa.Table, path: Path, schema: pa.Schema) -> None:
 def _subject_keys(table: pa.Table, u: Upload) -> pa.Array:
     """The upload's subjects run rebuilt from its (rewritten) data: the keys of the
     pseudonyms its personal-data columns hold, as ingestion writes them."""
-    keys = []
-    for name, kind in (u.report.get("pii_columns") or {}).items():
-        if kind == "free_text" or name not in table.column_names:
-            continue
-        for value in pc.unique(table.column(name).cast(pa.string())).to_pylist():
-            if value and value.startswith("ps_"):
-                keys.append(subject_key(value))
-    return pa.array(sorted_distinct(np.array(keys, dtype=np.int64)))
+    keys = [subject_keys_of(table.column(name)) for name, kind in (u.report.get("pii_columns") or {}).items()
+            if kind != "free_text" and name in table.column_names]
+    return pa.array(sorted_distinct(np.concatenate(keys)) if keys else np.zeros(0, dtype=np.int64), pa.int64())
+
+
+def _text_columns_of(u: Upload) -> list[str]:
+    """An upload's free-text columns, where a name may be written: those declared or
+    detected as free text, and the long text columns near-duplicate detection compared."""
+    report = u.report
+    pii = report.get("pii_columns") or {}
+    columns = [name for name, kind in pii.items() if kind == "free_text"]
+    columns += [c for c in (report.get("near_duplicates") or {}).get("text_columns") or () if c not in pii]
+    return sorted(set(columns))
+
+
+def _named_tenant(landing_key: str) -> str | None:
+    """The tenant a landing key names (`landing/{tenant}/...`), if its segment is a valid name."""
+    parts = landing_key.split("/")
+    if len(parts) >= 3 and parts[0] == layout.LANDING and layout.is_valid_name(parts[1]):
+        return parts[1]
+    return None
+
+
+def _reason_of(line: bytes) -> str:
+    try:
+        return str(json.loads(line).get("reason"))
+    except (ValueError, AttributeError):
+        return "unknown"
+
+
+def _minus(counts: dict, less: dict) -> dict:
+    """Counts per reason, fewer by `less` (reasons left at zero go)."""
+    out = {k: v - less.get(k, 0) for k, v in counts.items()}
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def _json_dict(text: str | None) -> dict:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _raw_text(path: Path, key: str) -> str:

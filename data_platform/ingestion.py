@@ -24,22 +24,25 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_platform import layout, tenancy
 from data_platform.catalog import (
-    DUPLICATE, FRESH, QUARANTINED, DELETED, Catalog, DuplicateContent, IndexChanged, Upload,
+    DUPLICATE, FRESH, QUARANTINED, DELETED, Catalog, DuplicateContent, IndexChanged, Suppressions, SuppressionsChanged,
+    Upload,
 )
 from data_platform.config import Settings
 from data_platform.contracts import Contract, ContractRegistry
 from data_platform.dedup import RowIndex
 from data_platform.indexes import NEAR_DUP, SUBJECTS, NearDupRuns, RunStore
 from data_platform.neardup import NearDupIndex
-from data_platform.privacy import Pseudonymizer, load_pseudonym_key
+from data_platform.privacy import Pseudonymizer, load_pseudonym_key, values_in_raw
 from data_platform.refinement import UploadRefiner
 from data_platform.readers import (
     RejectedRow, UnreadableUpload, detect_format, read_ahead, read_stream_tables, read_tables,
@@ -105,6 +108,48 @@ class _Rejects:
 
     def close(self) -> None:
         self._file.close()
+
+    def drop_subjects(self, pseudonymizer: Pseudonymizer, suppressions: Suppressions) -> int:
+        """Drop (once closed) the rejected rows holding a subject on the tenant's suppression
+        list, and return how many. Rejected rows are raw, never pseudonymised: each row's
+        candidate values (`privacy.values_in_raw` of its raw text and detail) are
+        pseudonymised per suppressed kind, a batch at a time, and compared in Arrow. Any
+        column counts, as the erasure's own search of quarantine ignores columns."""
+        if not self.count or not suppressions:
+            return 0
+        wanted = {kind: pa.array(sorted(frozenset().union(*columns.values())), pa.string())
+                  for kind, columns in suppressions.by_kind.items()}
+        dropped: Counter[str] = Counter()
+        kept_path = self.path.with_name("rejected_rows.kept.jsonl")
+        with open(self.path, encoding="utf-8") as src, open(kept_path, "w", encoding="utf-8") as out:
+            while lines := list(islice(src, 10_000)):
+                records = [json.loads(line) for line in lines]
+                owners, values = [], []
+                for i, record in enumerate(records):
+                    for text in (record.get("raw"), record.get("detail")):
+                        found = values_in_raw(text) if text else []
+                        values += found
+                        owners += [i] * len(found)
+                hit = np.zeros(len(lines), dtype=bool)
+                if values:
+                    candidates, owners = pa.array(values, pa.string()), np.array(owners, dtype=np.int64)
+                    for kind, pseudonyms in wanted.items():
+                        match = pc.fill_null(pc.is_in(pseudonymizer.pseudonymize(candidates, kind),
+                                                      value_set=pseudonyms), False)
+                        hit[owners[match.to_numpy(zero_copy_only=False)]] = True
+                for line, record, erased in zip(lines, records, hit):
+                    if erased:
+                        dropped[record["reason"]] += 1
+                    else:
+                        out.write(line)
+        os.replace(kept_path, self.path)
+        n = sum(dropped.values())
+        if n:
+            self.count -= n
+            self.by_reason -= dropped
+            with open(self.path, encoding="utf-8") as src:
+                self.samples = [json.loads(line) for line in islice(src, SAMPLE_REJECTS)]
+        return n
 
 
 class ConcurrentIngestion(RuntimeError):
@@ -173,16 +218,21 @@ class Ingestor:
         row_index.begin(upload.id)
         near_dups = self._near_dup_index(upload.tenant, upload.dataset)
         near_dups.begin(upload.id)
+        # Erased subjects (the tenant's suppression list): their rows are dropped, and the
+        # commit is refused if an erasure added to the list meanwhile (then ingested again).
+        suppressions = self.catalog.suppressions(upload.tenant)
         refiner = UploadRefiner(self.contract, Pseudonymizer(self.pseudonym_key, upload.tenant), rejects, row_index,
-                                near_dups.index, upload.id)
+                                near_dups.index, upload.id, suppressed=suppressions.by_kind)
         data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
         # Sent while it is written; it becomes the object only at commit() below, so an
         # upload that ends up elsewhere (or a failure) leaves no data object.
         with self.store.open_write(data_key) as data:
-            return self._ingest_into(upload, filename, tmp, rejects, refiner, row_index, near_dups, data)
+            return self._ingest_into(upload, filename, tmp, rejects, refiner, row_index, near_dups, data,
+                                     suppressions)
 
     def _ingest_into(self, upload: Upload, filename: str, tmp: Path, rejects: "_Rejects", refiner: UploadRefiner,
-                     row_index: RowIndex, near_dups: NearDupRuns, data: ObjectWriter) -> Outcome:
+                     row_index: RowIndex, near_dups: NearDupRuns, data: ObjectWriter,
+                     suppressions: Suppressions) -> Outcome:
         try:
             parsed = self._parse(upload, filename, tmp, rejects, refiner, data)
         except ObjectChanged:
@@ -191,33 +241,46 @@ class Ingestor:
         finally:
             rejects.close()
         sha256, size, rows, schema, unreadable = parsed
+        erased_rejects = rejects.drop_subjects(refiner.pseudonymizer, suppressions)
+        # An erased subject's rows were in the file: its original bytes are not kept anywhere.
+        erased = {"erased_rows": refiner.report.erased_rows, "erased_rejected_rows": erased_rejects}
+        whole = {"suppressions_seen": suppressions.seen, "keep_original": not any(erased.values()),
+                 "erased": erased}
 
         if upload.attempts > MAX_ATTEMPTS:
             return self._quarantine_whole(upload, sha256, "ingestion_failed",
-                                          f"gave up after {upload.attempts - 1} failed attempts: {upload.detail}")
+                                          f"gave up after {upload.attempts - 1} failed attempts: {upload.detail}",
+                                          **whole)
         first = self.catalog.first_copy(upload.tenant, sha256)
         if first is not None and first.id != upload.id:
             return self._duplicate(upload, sha256, first)
         if unreadable is not None:
-            return self._quarantine_whole(upload, sha256, unreadable.reason, unreadable.detail)
+            return self._quarantine_whole(upload, sha256, unreadable.reason, unreadable.detail, **whole)
         report = refiner.report
         if self.contract is not None and report.failing_share > self.contract.max_failing_share:
             return self._quarantine_whole(
                 upload, sha256, "too_many_invalid_rows",
                 f"{report.rows_failing} of {report.rows_in} rows break contract {self.contract.version} "
                 f"({report.failing_share:.1%} > max_failing_share {self.contract.max_failing_share:.1%})",
-                rejects=rejects, refinement=report.as_dict())
+                rejects=rejects, refinement=report.as_dict(), **whole)
         duplicates = report.duplicates_in_file + report.duplicates_of_earlier_uploads
         if rows == 0 and duplicates and not rejects.count:
             self.catalog.mark_duplicate(upload, self.claimer, sha256=sha256, first=None, reason="all_rows_duplicate",
-                                        detail={"duplicate_rows_removed": duplicates})
+                                        detail={"duplicate_rows_removed": duplicates,
+                                                **{k: v for k, v in erased.items() if v}})
             self.store.delete_if_unchanged(upload.landing_key, upload.etag)
             return Outcome(upload.id, upload.landing_key, DUPLICATE, reason="all_rows_duplicate", sha256=sha256,
                            size=size, refinement=report.as_dict())
+        if rows == 0 and any(erased.values()) and not rejects.count:
+            # Every row was an erased subject's: nothing is kept, not even the original bytes.
+            self.catalog.mark_erased(upload, self.claimer, sha256=sha256, detail=erased)
+            self.store.delete_if_unchanged(upload.landing_key, upload.etag)
+            return Outcome(upload.id, upload.landing_key, DELETED, reason="erased_subject", sha256=sha256, size=size,
+                           refinement=report.as_dict())
         if rows == 0:
             reason = "no_valid_rows" if rejects.count else "no_rows"
             detail = f"all {rejects.count} rows rejected" if rejects.count else "the file holds no rows"
-            return self._quarantine_whole(upload, sha256, reason, detail, rejects=rejects)
+            return self._quarantine_whole(upload, sha256, reason, detail, rejects=rejects, **whole)
 
         refiner.finish_quality(rejects.count)
         data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
@@ -233,15 +296,22 @@ class Ingestor:
                   "duplicate_rows_removed": report.as_dict()["duplicate_rows_removed"],
                   "pii_columns": report.pii_columns, "pii_detected": report.pii_detected,
                   "pseudonymised_values": dict(report.pseudonymised), "redacted_in_text": dict(report.redacted),
-                  "near_duplicates": report.near_duplicates, "quality": report.quality}
+                  "near_duplicates": report.near_duplicates, "quality": report.quality, **erased}
         while True:
             try:
                 self.catalog.mark_fresh(
                     upload, self.claimer, sha256=sha256, rows=rows, quarantined_rows=rejects.count,
                     object_key=data_key, detail=detail, quality=report.quality["score"],
                     dataset_id=row_index.runs.dataset_id, runs=runs,
-                    seen_runs={RowIndex.KIND: row_index.seen_run_id}, data_sha256=data.sha256, data_size=data.size)
+                    seen_runs={RowIndex.KIND: row_index.seen_run_id}, data_sha256=data.sha256, data_size=data.size,
+                    suppressions_seen=suppressions.seen)
                 break
+            except SuppressionsChanged as changed:
+                # An erasure started meanwhile: what this attempt wrote goes, and the upload is
+                # ingested again with the subject on the list.
+                self.store.delete(data_key)
+                self.store.delete_many(self._reject_keys(upload) + [run.object_key for run in runs])
+                raise ConcurrentIngestion(str(changed)) from None
             except IndexChanged as changed:
                 # A concurrent run of the dataset committed first. Rows it also kept would
                 # be kept twice: this attempt is redone (the next one sees its rows).
@@ -320,40 +390,55 @@ class Ingestor:
                                                  rejects=rejects, rows_kept=rows_kept, rejected_rows_key=rows_key))
 
     def _quarantine_whole(self, upload: Upload, sha256: str, reason: str, detail: str,
-                          rejects: _Rejects | None = None, refinement: dict | None = None) -> Outcome:
+                          rejects: _Rejects | None = None, refinement: dict | None = None, *,
+                          suppressions_seen: int | None = None, keep_original: bool = True,
+                          erased: dict | None = None) -> Outcome:
         prefix = quarantine_whole(self.store, upload, sha256=sha256, reason=reason, detail=detail, rejects=rejects,
-                                  refinement=refinement)
-        self.catalog.mark_quarantined(upload, self.claimer, claimer=self.claimer, reason=reason, object_key=prefix,
-                                      sha256=sha256, quarantined_rows=rejects.count if rejects else None,
-                                      detail={"detail": detail})
+                                  refinement=refinement, keep_original=keep_original)
+        try:
+            self.catalog.mark_quarantined(upload, self.claimer, claimer=self.claimer, reason=reason, object_key=prefix,
+                                          sha256=sha256, quarantined_rows=rejects.count if rejects else None,
+                                          detail={"detail": detail, **{k: v for k, v in (erased or {}).items() if v}},
+                                          suppressions_seen=suppressions_seen)
+        except SuppressionsChanged as changed:
+            # An erasure started meanwhile: these raw bytes may hold its subject; the upload
+            # is ingested again with the subject on the list.
+            self.store.delete_many([i.key for i in self.store.list(prefix)])
+            raise ConcurrentIngestion(str(changed)) from None
         self.store.delete_if_unchanged(upload.landing_key, upload.etag)
         return Outcome(upload.id, upload.landing_key, QUARANTINED, reason=reason, object_key=prefix, sha256=sha256,
                        size=upload.size, quarantined_rows=rejects.count if rejects else 0, refinement=refinement)
 
 
 def quarantine_whole(store: ObjectStore, upload: Upload, *, sha256: str | None, reason: str, detail: str,
-                     rejects: _Rejects | None = None, refinement: dict | None = None) -> str:
-    """Copy the original bytes (server-side) and a JSON report into quarantine.
+                     rejects: _Rejects | None = None, refinement: dict | None = None,
+                     keep_original: bool = True) -> str:
+    """Copy the original bytes (server-side) and a JSON report into quarantine; without
+    `keep_original` (the file held an erased subject) only the report and rejected rows.
 
     Returns the quarantine prefix. The landing object is left for the caller to delete
     after the catalog commit.
     """
     prefix = layout.quarantine_prefix(upload.tenant, upload.dataset, upload.id)
     original_key = prefix + layout.safe_original_name(upload.landing_key)
-    store.copy(upload.landing_key, original_key)
+    if keep_original:
+        store.copy(upload.landing_key, original_key)
+    else:
+        store.delete(original_key)  # an earlier attempt's copy
+        original_key = None
     rows_key = None
     if rejects is not None and rejects.count:
         rows_key = prefix + "rejected_rows.jsonl"
         store.upload_file(rejects.path, rows_key)
     store.put_bytes(prefix + "report.json", _report(upload, sha256, reason=reason, detail=detail, rejects=rejects,
                                                     original_key=original_key, rejected_rows_key=rows_key,
-                                                    refinement=refinement))
+                                                    refinement=refinement, original_erased=not keep_original))
     return prefix
 
 
 def _report(upload: Upload, sha256: str | None, *, reason: str, detail: str, rejects: _Rejects | None = None,
             rows_kept: int = 0, original_key: str | None = None, rejected_rows_key: str | None = None,
-            refinement: dict | None = None) -> bytes:
+            refinement: dict | None = None, original_erased: bool = False) -> bytes:
     report = {
         "upload_id": upload.id,
         "landing_key": upload.landing_key,
@@ -364,8 +449,10 @@ def _report(upload: Upload, sha256: str | None, *, reason: str, detail: str, rej
         "sha256": sha256,
         "reason": reason,
         "detail": detail,
-        "whole_file": original_key is not None,
+        "whole_file": original_key is not None or original_erased,
         "original_key": original_key,
+        # The file held a subject on the tenant's suppression list (erased): not kept.
+        "original_erased": original_erased,
         "rows_kept": rows_kept,
         "rejected_rows": rejects.count if rejects else 0,
         "rejected_by_reason": dict(rejects.by_reason) if rejects else {},

@@ -20,11 +20,14 @@ pre-filter selects go through the exact patterns. Normalisation: values are stri
 lower-cased. A blank value stays "" (no pseudonym), a null stays null.
 """
 
+import csv
 import functools
 import hashlib
 import hmac
+import json
 import logging
 import os
+import re
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -281,6 +284,121 @@ def subject_key(pseudonym: str) -> int:
         raise ValueError(f"not a pseudonym: {pseudonym[:8]!r}...")
     value = int(pseudonym[len(PSEUDONYM_PREFIX):len(PSEUDONYM_PREFIX) + 16], 16)
     return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def subject_keys_of(array) -> np.ndarray:
+    """Sorted distinct subject keys (see `subject_key`) of the pseudonyms in a column of
+    them (nulls, blanks and other values left out), computed from the text in numpy, for
+    a table that lost rows after `apply_privacy` computed its keys."""
+    arr = _strings(array)
+    arr = arr.filter(pc.fill_null(pc.starts_with(arr, PSEUDONYM_PREFIX), False))
+    arr = arr.filter(pc.greater_equal(pc.utf8_length(arr), len(PSEUDONYM_PREFIX) + 16))
+    if len(arr) == 0:
+        return _NO_KEYS
+    hexes = pc.utf8_slice_codeunits(arr, len(PSEUDONYM_PREFIX), len(PSEUDONYM_PREFIX) + 16)
+    _, offsets, data = hexes.buffers()
+    starts = np.frombuffer(offsets, dtype=np.int32)[hexes.offset:hexes.offset + len(hexes)]
+    chars = np.frombuffer(data, dtype=np.uint8)[starts[:, None] + np.arange(16)]
+    nibbles = np.where(chars <= ord("9"), chars - ord("0"), (chars | 0x20) - ord("a") + 10).astype(np.uint64)
+    keys = np.bitwise_or.reduce(nibbles << (np.uint64(4) * np.arange(15, -1, -1, dtype=np.uint64)), axis=1)
+    return sorted_distinct(keys.view(np.int64))
+
+
+# Python's `re` forms of the patterns (RE2's \x{..} is written \u/\U here), for raw text
+# searched value by value: rejected rows, which are never pseudonymised.
+_PY_PATTERNS = {kind: re.compile(p.replace(r"\x{80}-\x{10FFFF}", "\u0080-\U0010ffff"))
+                for kind, p in PATTERNS.items()}
+
+
+def values_in_raw(text: str) -> list[str]:
+    """Candidate personal-data values in raw text that was never pseudonymised (a rejected
+    row: a JSON document, a CSV line, or anything else): every string of a JSON document,
+    every field of a CSV line, and every email, IP address and phone number written in it.
+    Their pseudonyms (per kind) tell whether the text holds a known subject; a name written
+    inside free text is not a value of its own and is not found this way."""
+    out: list[str] = []
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    stack = [doc]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            out.append(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    if not isinstance(doc, dict | list) and "\n" not in text:
+        try:
+            out += next(csv.reader([text]), [])
+        except csv.Error:
+            pass
+    for kind, pattern in _PY_PATTERNS.items():
+        for found in pattern.finditer(text):
+            value = found.group(0)
+            if kind == "ip" and found.group(1):
+                value = value[len(found.group(1)):]  # the character before an IPv4 address
+            out.append(value)
+    return out
+
+
+# A name (or any value) inside free text: not glued to a longer word on either side
+# (non-ASCII counts as a word character: letters of names), case-insensitive, any run of
+# whitespace between its words. RE2 has no lookaround: the boundary characters are
+# captured and put back.
+_WORD = r"0-9A-Za-z_\x{80}-\x{10FFFF}"
+REDACTED = "[redacted]"
+
+
+def value_pattern(value: str) -> str:
+    """The RE2 pattern of `value` inside text (see `redact_value`); groups 1 and 2 are the
+    characters around it."""
+    words = [re.sub(r"([^0-9A-Za-z\x80-\U0010ffff])", r"\\\1", w) for w in value.split()]
+    if not words:
+        raise ValueError("empty value")
+    body = r"\s+".join(words)
+    return rf"(^|[^{_WORD}])(?i:{body})($|[^{_WORD}])"
+
+
+def value_regex(value: str) -> re.Pattern:
+    """`value_pattern` for Python's `re` (text handled value by value, e.g. JSON lines)."""
+    words = [re.escape(w) for w in value.split()]
+    if not words:
+        raise ValueError("empty value")
+    body = r"\s+".join(words)
+    return re.compile(rf"(?<![0-9A-Za-z_\u0080-\U0010ffff]){body}(?![0-9A-Za-z_\u0080-\U0010ffff])", re.IGNORECASE)
+
+
+def redact_value(array, value: str, replacement: str = REDACTED) -> tuple[pa.Array, int]:
+    """Free text with every occurrence of `value` (see `value_pattern`) replaced, and how
+    many were (vectorised: RE2 inside Arrow)."""
+    return redact_pattern(array, value_pattern(value), replacement)
+
+
+def redact_pattern(array, pattern: str, replacement: str = REDACTED) -> tuple[pa.Array, int]:
+    """`redact_value` with the pattern made already. Two occurrences one character apart
+    share that character, hence a second pass."""
+    arr = _strings(array, keep_large=True)
+    total = 0
+    for _ in range(3):
+        found = int(pc.sum(pc.count_substring_regex(arr, pattern)).as_py() or 0)
+        if not found:
+            break
+        total += found
+        arr = pc.replace_substring_regex(arr, pattern, rf"\1{replacement}\2")
+    return arr, total
+
+
+def kind_of_value(value: str) -> str | None:
+    """"email", "ip" or "phone" when the whole (stripped) value is one, else None (a name,
+    perhaps)."""
+    value = value.strip()
+    for kind in ("email", "ip", "phone"):
+        if _PY_PATTERNS[kind].fullmatch(value):
+            return kind
+    return None
 
 
 def _lowers(kind: str | None) -> bool:

@@ -23,11 +23,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from data_platform.contracts import Contract
 from data_platform.dedup import RowIndex, first_occurrences, row_hashes
 from data_platform.neardup import NearDupIndex, detection_text, text_columns
-from data_platform.privacy import Pseudonymizer, sorted_distinct, apply_privacy, detect_pii_columns
+from data_platform.privacy import (
+    Pseudonymizer, apply_privacy, detect_pii_columns, sorted_distinct, subject_keys_of,
+)
 from data_platform.quality import QualityReport, UploadQuality
 from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow, read_ahead
 from data_platform.validation import ContractValidator, ExpectationOutcome, PreparedTable, merge_outcomes
@@ -71,6 +74,7 @@ class RefinementReport:
     seconds: Counter = field(default_factory=Counter)  # per stage, for the benchmark and the logs
     near_duplicates: dict = field(default_factory=dict)
     quality: dict | None = None  # QualityReport.as_dict(), once the upload is complete
+    erased_rows: int = 0  # rows of an erased subject (the tenant's suppression list), dropped
 
     @property
     def failing_share(self) -> float:
@@ -104,6 +108,7 @@ class RefinementReport:
             "redacted_in_text": dict(self.redacted),
             "near_duplicates": self.near_duplicates,
             "quality": self.quality,
+            "erased_rows": self.erased_rows,
             "stage_seconds": {k: round(v, 3) for k, v in sorted(self.seconds.items())},
         }
 
@@ -111,8 +116,10 @@ class RefinementReport:
 class UploadRefiner:
     def __init__(self, contract: Contract | None, pseudonymizer: Pseudonymizer, on_rejected: OnRejected,
                  row_index: RowIndex | None = None, near_dups: NearDupIndex | None = None,
-                 upload_id: int | None = None):
+                 upload_id: int | None = None, suppressed: dict[str, dict[str, frozenset[str]]] | None = None):
         self.contract = contract
+        # The tenant's erased subjects: kind -> column ('' any) -> pseudonyms (see `_suppress`).
+        self.suppressed = suppressed or {}
         self.row_index = row_index
         self.near_dups = near_dups
         self.upload_id = upload_id
@@ -192,6 +199,8 @@ class UploadRefiner:
         for table in tables:
             with timed("privacy"):
                 table = self._protect(table)
+            if table.num_rows == 0:
+                continue  # every row was an erased subject's
             if self.near_dups is not None:
                 with timed("near_duplicates"):
                     table = self._near_duplicates(table)
@@ -259,6 +268,27 @@ class UploadRefiner:
         if not self._subject_keys:
             return np.zeros(0, dtype=np.int64)
         return sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)
+
+    def _suppress(self, table: pa.Table) -> tuple[pa.Table, int]:
+        """Drop the rows of an erased subject: a personal-data column of a kind on the
+        tenant's suppression list holding one of its pseudonyms (for that column or any),
+        compared in Arrow (`is_in` on the pseudonymised column). Counted in `erased_rows`.
+        Runs before near-duplicate detection, so a dropped row is never indexed nor matched."""
+        mask = None
+        for name, kind in self.report.pii_columns.items():
+            columns = self.suppressed.get(kind)
+            if not columns or name not in table.column_names:
+                continue
+            wanted = columns.get("", frozenset()) | columns.get(name, frozenset())
+            if not wanted:
+                continue
+            hit = pc.fill_null(pc.is_in(table.column(name), value_set=pa.array(sorted(wanted), pa.string())), False)
+            mask = hit if mask is None else pc.or_(mask, hit)
+        dropped = int(pc.sum(mask).as_py() or 0) if mask is not None else 0
+        if not dropped:
+            return table, 0
+        self.report.erased_rows += dropped
+        return table.filter(pc.invert(mask)), dropped
 
     def _validate(self, table: pa.Table, hashes: np.ndarray | None) -> tuple[pa.Table, np.ndarray | None]:
         """The table cast to the contract's types and the mask of its rows that pass (None:
@@ -341,6 +371,12 @@ class UploadRefiner:
         if not self.report.pii_columns:
             return table
         table, privacy = apply_privacy(table, self.pseudonymizer, self.report.pii_columns)
+        if self.suppressed:
+            table, dropped = self._suppress(table)
+            if dropped:  # the keys apply_privacy took from the dropped rows must not be indexed
+                privacy["subjects"] = sorted_distinct(np.concatenate(
+                    [subject_keys_of(table.column(name)) for name, kind in self.report.pii_columns.items()
+                     if kind != "free_text" and name in table.column_names] or [np.zeros(0, dtype=np.int64)]))
         if len(privacy["subjects"]):
             self._subject_keys.append(privacy["subjects"])
             if len(self._subject_keys) >= 8:  # people recur across tables: keep each key once

@@ -113,7 +113,7 @@ def test_backup_wipe_restore_gives_the_same_answers_on_postgresql_and_sqlite(
     code, backup, _ = _cli(monkeypatch, capsys, pg_catalog_url, "backup")
     assert code == 0
     doc = backups.read_backup(store, backup["backup_id"])
-    assert doc["schema_revision"] == "0007" and doc["source_dialect"] == "postgresql"
+    assert doc["schema_revision"] == "0008" and doc["source_dialect"] == "postgresql"
     assert [t["name"] for t in doc["tables"]] == [t.name for t in metadata.sorted_tables]  # FK order
     with postgresql_catalog.engine.connect() as conn:
         for t in doc["tables"]:

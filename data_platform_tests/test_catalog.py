@@ -18,7 +18,7 @@ def register(catalog: Catalog, *names: str):
 
 
 def test_migrated_schema_matches_the_code(catalog):
-    assert catalog.schema_revision() == "0007"
+    assert catalog.schema_revision() == "0008"
     inspector = sa.inspect(catalog.engine)
     for table in metadata.sorted_tables:
         db_columns = {c["name"] for c in inspector.get_columns(table.name)}
@@ -124,4 +124,4 @@ def test_catalog_opens_on_an_already_migrated_database(tmp_path):
     Catalog(url).dispose()
     from data_platform.catalog import _migrated
     _migrated.discard(url)
-    assert Catalog(url).schema_revision() == "0007"
+    assert Catalog(url).schema_revision() == "0008"

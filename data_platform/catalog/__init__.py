@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from data_platform import layout
 from data_platform.catalog.schema import tombstones  # retention
 from data_platform.catalog.schema import feature_definitions, feature_version_sources, feature_versions  # features
+from data_platform.catalog.schema import erasure_suppressions  # erasure's suppression list
 from data_platform.catalog.schema import (
     VERSION_TABLE, audit_log, contents, datasets, index_runs, metadata, training_set_files, training_sets, uploads,
     usages,
@@ -215,6 +216,22 @@ class TrainingSet:
 
 class NoFreshData(LookupError):
     """Nothing fresh matched a training set's filters (or it was all claimed meanwhile)."""
+
+
+@dataclass(frozen=True)
+class Suppressions:
+    """A tenant's suppression list (see schema.erasure_suppressions): kind -> column ('' for
+    any column of the kind) -> pseudonyms; `seen` is the newest entry's id (0: none)."""
+    seen: int
+    by_kind: dict[str, dict[str, frozenset[str]]]
+
+    def __bool__(self) -> bool:
+        return bool(self.by_kind)
+
+
+class SuppressionsChanged(Exception):
+    """An erasure added subjects to the tenant's suppression list after this ingestion
+    read it: ingest again with the new list."""
 
 
 class DuplicateContent(Exception):
@@ -519,13 +536,15 @@ class Catalog:
             detail=json.dumps(detail, sort_keys=True) if detail else None,
         ))
 
-    def _name_lock(self, conn: Connection, what: str) -> None:
+    def _name_lock(self, conn: Connection, what: str, *, shared: bool = False) -> None:
         """PostgreSQL: writers of one name (a training set's or feature table's next
-        version) take turns until commit; held only for a short insert. SQLite needs
-        none: its writers are serialised by the database lock."""
+        version) take turns until commit; held only for a short insert (`shared`: with
+        each other, only not with an exclusive holder). SQLite needs none: its writers are
+        serialised by the database lock."""
         if self.engine.dialect.name == "postgresql":
             key = int.from_bytes(hashlib.sha256(what.encode()).digest()[:8], "big", signed=True)
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            lock = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+            conn.execute(sa.text(f"SELECT {lock}(:key)"), {"key": key})
 
     def _move(self, conn: Connection, upload_ids: Sequence[int], *, from_state: str, to_state: str, actor: str,
               reason: str | None = None, detail: dict | None = None, now: datetime | None = None,
@@ -552,7 +571,7 @@ class Catalog:
                    object_key: str, detail: dict | None = None, quality: float | None = None,
                    dataset_id: int | None = None, runs: Sequence[StagedRun] = (),
                    seen_runs: dict[str, int] | None = None, data_sha256: str | None = None,
-                   data_size: int | None = None) -> None:
+                   data_size: int | None = None, suppressions_seen: int | None = None) -> None:
         """landing -> fresh, record the content as the tenant's first copy and register
         the upload's index runs, all in one transaction.
 
@@ -561,6 +580,8 @@ class Catalog:
         `IndexChanged` (and changes nothing) when runs of a kind in `seen_runs` newer
         than the id given there were registered for the dataset: commits of one dataset
         are serialised on its row, so of two racing runs the second always sees the first.
+        Raises `SuppressionsChanged` (changing nothing) when `suppressions_seen` is given and
+        an erasure added to the tenant's suppression list since.
         """
         with self.engine.begin() as conn:
             # The UPDATE comes first: on SQLite it takes the write lock, so what is read
@@ -569,6 +590,8 @@ class Catalog:
                              detail=detail, sha256=sha256, rows=rows, quarantined_rows=quarantined_rows,
                              object_key=object_key, quality=quality, ingested_at=utcnow(),
                              data_sha256=data_sha256, data_size=data_size)
+            if suppressions_seen is not None:
+                self._check_suppressions(conn, upload.tenant, suppressions_seen)
             if seen_runs:
                 conn.execute(sa.select(datasets.c.id).where(datasets.c.id == dataset_id).with_for_update())
                 newer = conn.execute(
@@ -608,11 +631,61 @@ class Catalog:
 
     def mark_quarantined(self, upload: Upload, actor: str, *, claimer: str | None, reason: str, object_key: str,
                          sha256: str | None = None, quarantined_rows: int | None = None,
-                         detail: dict | None = None) -> None:
+                         detail: dict | None = None, suppressions_seen: int | None = None) -> None:
         with self.engine.begin() as conn:
             self._transition(conn, upload.id, from_state=LANDING, to_state=QUARANTINED, actor=actor, claimer=claimer,
                              reason=reason, detail=detail, sha256=sha256, rows=0,
                              quarantined_rows=quarantined_rows, object_key=object_key)
+            if suppressions_seen is not None:
+                self._check_suppressions(conn, upload.tenant, suppressions_seen)
+
+    def mark_erased(self, upload: Upload, claimer: str, *, sha256: str, detail: dict | None = None) -> None:
+        """Every row of the upload was a subject on the tenant's suppression list (an erased
+        one): landing -> deleted, reason `erased_subject`; nothing of it is kept."""
+        with self.engine.begin() as conn:
+            self._transition(conn, upload.id, from_state=LANDING, to_state=DELETED, actor=claimer, claimer=claimer,
+                             reason="erased_subject", detail=detail, sha256=sha256, rows=0, quarantined_rows=0)
+
+    # -- erasure: the suppression list -----------------------------------------------------
+
+    def suppressions(self, tenant: str) -> Suppressions:
+        """The tenant's suppression list, as ingestion applies it."""
+        es = erasure_suppressions
+        by_kind: dict[str, dict[str, set[str]]] = {}
+        seen = 0
+        with self.engine.connect() as conn:
+            for row in conn.execute(sa.select(es.c.id, es.c.kind, es.c.column_name, es.c.pseudonym)
+                                    .where(es.c.tenant == tenant)):
+                by_kind.setdefault(row.kind, {}).setdefault(row.column_name, set()).add(row.pseudonym)
+                seen = max(seen, row.id)
+        return Suppressions(seen, {k: {c: frozenset(v) for c, v in cols.items()} for k, cols in by_kind.items()})
+
+    def record_suppressions(self, tenant: str, request_id: str, entries: Sequence[tuple[str, str | None, str]],
+                            now: datetime | None = None) -> None:
+        """Add (kind, column or None for any, pseudonym) to the tenant's suppression list;
+        entries already there are kept as they are. Serialised with the ingestion commits
+        of the tenant (`_check_suppressions`): a commit either sees them or came first."""
+        es = erasure_suppressions
+        now = now or utcnow()
+        rows = [{"tenant": tenant, "kind": kind, "column_name": column or "", "pseudonym": pseudonym,
+                 "request_id": request_id, "created_at": now} for kind, column, pseudonym in entries]
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            self._name_lock(conn, f"erasure_suppressions/{tenant}")
+            conn.execute(self._upsert(es).on_conflict_do_nothing(
+                index_elements=["tenant", "kind", "column_name", "pseudonym"]), rows)
+
+    def _check_suppressions(self, conn: Connection, tenant: str | None, seen: int) -> None:
+        """Inside an ingestion commit: refuse it if the tenant's suppression list grew since
+        the ingestion read it (PostgreSQL: a shared lock, so ingestion commits do not wait for
+        each other, only for `record_suppressions`; SQLite: the commit's first statement
+        already holds the write lock)."""
+        self._name_lock(conn, f"erasure_suppressions/{tenant}", shared=True)
+        es = erasure_suppressions
+        newest = conn.execute(sa.select(sa.func.max(es.c.id)).where(es.c.tenant == tenant)).scalar()
+        if (newest or 0) > seen:
+            raise SuppressionsChanged(f"the suppression list of {tenant!r} changed during the ingestion")
 
     def mark_vanished(self, upload: Upload, claimer: str) -> None:
         """The landing object went away (or was replaced) before it could be read."""
@@ -1403,7 +1476,7 @@ def _make_engine(url: str) -> Engine:
 
 
 __all__ = [
-    "FeatureDefinitionRecord", "FeatureVersion", "FAILED",
+    "FeatureDefinitionRecord", "FeatureVersion", "FAILED", "Suppressions", "SuppressionsChanged",
     "Catalog", "Upload", "Identity", "RetentionRow", "RetentionMove", "DeletedUpload", "TrainingSet", "NoFreshData", "BUILDING", "COMPLETE", "RELEASED", "TransitionConflict", "DuplicateContent", "IndexChanged", "IndexRun", "StagedRun", "STATES", "SETTLED", "INGESTED",
     "LANDING", "FRESH", "USED", "ARCHIVED", "DEPRECATED", "DELETED", "QUARANTINED", "DUPLICATE", "metadata",
     "utcnow",

@@ -256,6 +256,10 @@ erasure_requests = sa.Table(
     sa.Column("completed_at", sa.DateTime),
     sa.Column("receipt_key", sa.String(1024)),
     sa.Column("receipt_sha256", sa.String(64)),
+    # One run of a request at a time: the run holding it renews the lease with every step;
+    # a crashed run's lease runs out and the next run takes the request over (0008).
+    sa.Column("claimed_by", sa.String(128)),
+    sa.Column("claimed_until", sa.DateTime),
     sa.Index("ix_erasure_requests_tenant", "tenant", "state"),
 )
 
@@ -273,4 +277,24 @@ erasure_steps = sa.Table(
     sa.Column("upload_id", sa.BigInteger),
     sa.Column("detail", sa.Text, nullable=False),  # JSON: before, after, reason
     sa.Column("updated_at", sa.DateTime, nullable=False),
+)
+
+# The suppression list: a tenant's erased subjects, so that uploads ingested after the
+# erasure (those waiting in landing, those still to come) do not bring them back.
+# Ingestion drops a row whose personal-data column of `kind` (any column with
+# column_name '', else that one) holds `pseudonym`, the keyed pseudonym already written
+# to data/ (never a raw value). Recorded before the request looks for the subject; the
+# ingestion commit checks that no entry newer than those it applied was added (0008).
+erasure_suppressions = sa.Table(
+    "erasure_suppressions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("tenant", sa.String(63), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # email | phone | ip | name
+    sa.Column("column_name", sa.String(1024), nullable=False, server_default=""),
+    sa.Column("pseudonym", sa.String(64), nullable=False),
+    sa.Column("request_id", sa.String(64), nullable=False),  # the first request that erased it
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.UniqueConstraint("tenant", "kind", "column_name", "pseudonym", name="uq_erasure_suppressions_subject"),
+    sa.Index("ix_erasure_suppressions_tenant", "tenant", "id"),
 )
