@@ -15,6 +15,7 @@ personal data (decided on the upload's first table and reported).
 """
 
 import json
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -135,7 +136,10 @@ class UploadRefiner:
         self._waiting: list[_Waiting] = []  # tables whose rows GX has still to decide
         self._waiting_rows = 0
         self._pii_decided = False
-        self._subject_keys: list[np.ndarray] = []
+        # Each table's sorted distinct subject keys, appended to an unlinked local file: they
+        # are needed only once the upload is complete, and in memory (merged every few
+        # tables) they grew with the upload (~16 MB per GB) and their merges came in spikes.
+        self._subject_file = None
 
     def __call__(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
         # Two halves in two threads (each mostly outside the GIL): while one table is
@@ -259,9 +263,11 @@ class UploadRefiner:
     def subject_keys(self) -> np.ndarray:
         """Sorted distinct subject keys of the personal data this upload wrote (its run of
         the erasure index: a subject's pseudonym finds the upload without a scan)."""
-        if not self._subject_keys:
+        if self._subject_file is None:
             return np.zeros(0, dtype=np.int64)
-        return sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)
+        self._subject_file.seek(0)
+        keys = np.fromfile(self._subject_file, dtype=np.int64)
+        return sorted_distinct(keys, sorted_runs=True)
 
     def _validate(self, table: pa.Table, hashes: np.ndarray | None) -> tuple[pa.Table, np.ndarray | None]:
         """The table cast to the contract's types and the mask of its rows that pass (None:
@@ -345,9 +351,9 @@ class UploadRefiner:
             return table
         table, privacy = apply_privacy(table, self.pseudonymizer, self.report.pii_columns)
         if len(privacy["subjects"]):
-            self._subject_keys.append(privacy["subjects"])
-            if len(self._subject_keys) >= 8:  # people recur across tables: keep each key once
-                self._subject_keys = [sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)]
+            if self._subject_file is None:
+                self._subject_file = tempfile.TemporaryFile(prefix="subjects-")
+            self._subject_file.write(np.ascontiguousarray(privacy["subjects"], dtype=np.int64).data)
         self.report.pseudonymised.update(privacy["pseudonymised"])
         self.report.redacted.update(privacy["redacted"])
         return table
