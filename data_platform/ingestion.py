@@ -434,6 +434,8 @@ def _write_parquet(tables, sink, seconds: Counter | None = None) -> tuple[int, p
     finally:
         pending.put(None)
         thread.join()
+        # What the stages freed, back to the OS before the upload's indexes are written.
+        trim(force=True)
     if failure:
         raise failure[0]
     return rows, schema_seen[0] if schema_seen else None
@@ -466,8 +468,8 @@ class _Trimmer:
         except OSError:
             return 0
 
-    def __call__(self) -> None:
-        if _malloc_trim is None or self._rss() < self.last + TRIM_AFTER_GROWTH:
+    def __call__(self, force: bool = False) -> None:
+        if _malloc_trim is None or not force and self._rss() < self.last + TRIM_AFTER_GROWTH:
             return
         _malloc_trim(0)
         self.last = self._rss()

@@ -267,7 +267,7 @@ class UploadRefiner:
             return np.zeros(0, dtype=np.int64)
         self._subject_file.seek(0)
         keys = np.fromfile(self._subject_file, dtype=np.int64)
-        return sorted_distinct(keys, sorted_runs=True)
+        return sorted_distinct(keys, sorted_runs=True, in_place=True)
 
     def _validate(self, table: pa.Table, hashes: np.ndarray | None) -> tuple[pa.Table, np.ndarray | None]:
         """The table cast to the contract's types and the mask of its rows that pass (None:
