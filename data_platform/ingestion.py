@@ -51,9 +51,11 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 # Most recent indexed texts per dataset that a new upload is compared with, the upload's
-# own included (memory: about 122 bytes each, ~49 MB; see data_platform/neardup.py). At
-# 800k (~100 MB) it was the largest holder of memory in a 1 GB upload, after imports.
-NEAR_DUP_WINDOW = 400_000
+# own included (memory: about 122 bytes each, ~25 MB; see data_platform/neardup.py). At
+# 800k (~100 MB) it was the largest holder of memory in a 1 GB upload, after imports; at
+# 400k (~49 MB) it still put a 1 GB upload's peak RSS over 600 MB. 200k texts are the
+# last ~100 MB of a dataset's text (gen_data's near-duplicates are within 8,192 rows).
+NEAR_DUP_WINDOW = 200_000
 # Immediate re-ingestions when a concurrent run of the dataset kept some of the same rows.
 # Each conflict means another upload of the dataset committed, so with a few runs at once
 # this many always suffice; past it the upload is released and the next run retries.
