@@ -11,7 +11,7 @@ conversion only (interpreter start-up and imports excluded).
 Contenders, all JSONL -> Parquet (zstd):
 
   pyarrow  pyarrow.json.open_json streamed batch by batch into pq.ParquetWriter
-           (16 MB blocks, the reader's block size in data_platform): the baseline
+           (16 MB blocks, data_platform's block size until it went to 8 MB): the baseline
   pandas   pandas.read_json(lines=True) then DataFrame.to_parquet
   ours     the platform end to end against an S3 endpoint (moto, run in THIS process
            so its memory is not the child's), catalog on SQLite in a temp dir, the

@@ -126,6 +126,6 @@ class RowIndex:
 
     def committed(self) -> None:
         """The upload is fresh and its run registered: its rows are known from now on."""
-        self.known.add(self.kept.sorted())
+        self.known.add(self.kept.sorted(), is_sorted=True)
         self.runs.loaded(self.upload_id)
         self.kept = SortedKeys()

@@ -139,14 +139,16 @@ class SortedKeys:
     def __len__(self) -> int:
         return sum(len(p) for p in self._parts)
 
-    def add(self, keys: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, *, is_sorted: bool = False) -> None:
+        """Add keys; with `is_sorted` (ascending already) the array is kept as it is (the
+        caller gives it up), not copied."""
         if len(keys) == 0:
             return
-        self._parts.append(np.sort(keys.astype(np.int64, copy=False)))
+        keys = keys.astype(np.int64, copy=False)
+        self._parts.append(keys if is_sorted else np.sort(keys))
         while len(self._parts) > 1 and len(self._parts[-2]) <= 2 * len(self._parts[-1]):
             newer = self._parts.pop()
-            # Two sorted runs: the stable sort (timsort) merges them in linear time.
-            self._parts[-1] = np.sort(np.concatenate([self._parts[-1], newer]), kind="stable")
+            self._parts[-1] = _merged([self._parts[-1], newer])
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         found = np.zeros(len(keys), dtype=bool)
@@ -157,9 +159,21 @@ class SortedKeys:
         return found
 
     def sorted(self) -> np.ndarray:
+        """All keys, ascending (read-only use: the set keeps the array). The parts are
+        merged into one on the way, so asking again costs nothing."""
         if not self._parts:
             return np.zeros(0, dtype=np.int64)
-        return np.sort(np.concatenate(self._parts), kind="stable")  # sorted runs: merged by timsort
+        if len(self._parts) > 1:
+            self._parts = [_merged(self._parts)]
+        return self._parts[0]
+
+
+def _merged(parts: list[np.ndarray]) -> np.ndarray:
+    """Sorted runs merged: one concatenation sorted in place by the stable sort (timsort
+    merges runs in linear time), without a second full-size copy."""
+    merged = np.concatenate(parts)
+    merged.sort(kind="stable")
+    return merged
 
 
 def uploads_holding_subject(store: ObjectStore, catalog: Catalog, tenant: str, pseudonym: str) -> list[int]:

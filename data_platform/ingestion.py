@@ -54,9 +54,11 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 # Most recent indexed texts per dataset that a new upload is compared with, the upload's
-# own included (memory: about 122 bytes each, ~49 MB; see data_platform/neardup.py). At
-# 800k (~100 MB) it was the largest holder of memory in a 1 GB upload, after imports.
-NEAR_DUP_WINDOW = 400_000
+# own included (memory: about 122 bytes each, ~25 MB; see data_platform/neardup.py). At
+# 800k (~100 MB) it was the largest holder of memory in a 1 GB upload, after imports; at
+# 400k (~49 MB) it still put a 1 GB upload's peak RSS over 600 MB. 200k texts are the
+# last ~100 MB of a dataset's text (gen_data's near-duplicates are within 8,192 rows).
+NEAR_DUP_WINDOW = 200_000
 # Immediate re-ingestions when a concurrent run of the dataset kept some of the same rows.
 # Each conflict means another upload of the dataset committed, so with a few runs at once
 # this many always suffice; past it the upload is released and the next run retries.
@@ -521,6 +523,8 @@ def _write_parquet(tables, sink, seconds: Counter | None = None) -> tuple[int, p
     finally:
         pending.put(None)
         thread.join()
+        # What the stages freed, back to the OS before the upload's indexes are written.
+        trim(force=True)
     if failure:
         raise failure[0]
     return rows, schema_seen[0] if schema_seen else None
@@ -528,8 +532,9 @@ def _write_parquet(tables, sink, seconds: Counter | None = None) -> tuple[int, p
 
 try:
     _malloc_trim = ctypes.CDLL(None).malloc_trim
+    _mallopt = ctypes.CDLL(None).mallopt
 except (OSError, AttributeError):  # not glibc
-    _malloc_trim = None
+    _malloc_trim = _mallopt = None
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 TRIM_AFTER_GROWTH = 128 * 1024 * 1024
 
@@ -553,8 +558,8 @@ class _Trimmer:
         except OSError:
             return 0
 
-    def __call__(self) -> None:
-        if _malloc_trim is None or self._rss() < self.last + TRIM_AFTER_GROWTH:
+    def __call__(self, force: bool = False) -> None:
+        if _malloc_trim is None or not force and self._rss() < self.last + TRIM_AFTER_GROWTH:
             return
         _malloc_trim(0)
         self.last = self._rss()
@@ -569,6 +574,32 @@ def _repeating_columns(table: pa.Table) -> list[str]:
             if pa.types.is_dictionary(column.type)
             or not (pa.types.is_nested(column.type) or pa.types.is_null(column.type))
             and pc.count_distinct(column).as_py() <= DICTIONARY_MAX_DISTINCT * len(column)]
+
+
+_M_ARENA_MAX = -8  # mallopt parameter (glibc's malloc.h)
+MALLOC_ARENAS = 2
+
+
+def _use_returning_allocators() -> None:
+    """Arrow's allocations from a jemalloc pool that gives freed pages back at once, and
+    at most MALLOC_ARENAS glibc arenas for threads started from now on.
+
+    Tables pass through five threads. Arrow's default allocator (mimalloc) keeps freed
+    blocks for reuse (200 MB of JSONL: peak RSS 834 MB); glibc's malloc, with an arena per
+    thread and big blocks kept in them once its mmap threshold has risen, held ~60 MB more
+    than jemalloc without decay (773 against 712 MB). What is still malloc'ed (numpy,
+    Python objects, kernels' outputs) was spread over an arena per thread (parse,
+    refinement, writer, senders, pools), each keeping its own free memory: two arenas
+    saved ~25 MB at the peak of a 1 GB upload, for no measurable speed (the GIL serialises
+    most of those allocations anyway)."""
+    try:
+        pool = pa.jemalloc_memory_pool()
+        pa.jemalloc_set_decay_ms(0)
+    except NotImplementedError:  # a pyarrow built without jemalloc
+        pool = pa.system_memory_pool()
+    pa.set_memory_pool(pool)
+    if _mallopt is not None:
+        _mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
 
 
 def quarantine_invalid_key(store: ObjectStore, catalog: Catalog, upload: Upload, why: str, actor: str) -> None:
@@ -598,10 +629,7 @@ def ingest_pending(store: ObjectStore, catalog: Catalog, tenant: str, dataset: s
 
     store, catalog = tenancy.scoped(store, catalog, tenant)
     lease = lease or timedelta(minutes=30)
-    # Arrow's default allocator (mimalloc) keeps freed blocks for reuse: with tables of
-    # ~40 MB passing through five stages that held ~110 MB more at peak than malloc does
-    # (654 against 766 MB on 200 MB of JSONL), for no measurable speed.
-    pa.set_memory_pool(pa.system_memory_pool())
+    _use_returning_allocators()
     result = BatchResult()
     # Configuration problems (no key on s3://, a broken contract) fail the run before
     # any upload is claimed: they are the operator's to fix, not the uploads' fault.

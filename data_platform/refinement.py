@@ -15,6 +15,7 @@ personal data (decided on the upload's first table and reported).
 """
 
 import json
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -42,7 +43,10 @@ NEAR_DUP_UPLOAD = "_near_duplicate_of_upload"
 NEAR_DUP_ROW = "_near_duplicate_of_row"
 # Rows that only GX can decide wait until this many are gathered (from several tables),
 # then go to GX in one call; a table waits only if at most this share of it needs GX.
-GX_BATCH_ROWS = 32_768
+# Each waiting row holds its raw and cast values: the generator's data has ~0.7% of such
+# rows, so at 32k they waited for the end of a 1 GB upload (~13k rows, growing with the
+# upload); at 4k a GX call (~25 ms) comes every ~1/3 GB.
+GX_BATCH_ROWS = 4_096
 GX_DEFER_SHARE = 0.25
 
 
@@ -139,7 +143,10 @@ class UploadRefiner:
         self._waiting: list[_Waiting] = []  # tables whose rows GX has still to decide
         self._waiting_rows = 0
         self._pii_decided = False
-        self._subject_keys: list[np.ndarray] = []
+        # Each table's sorted distinct subject keys, appended to an unlinked local file: they
+        # are needed only once the upload is complete, and in memory (merged every few
+        # tables) they grew with the upload (~16 MB per GB) and their merges came in spikes.
+        self._subject_file = None
 
     def __call__(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
         # Two halves in two threads (each mostly outside the GIL): while one table is
@@ -265,9 +272,11 @@ class UploadRefiner:
     def subject_keys(self) -> np.ndarray:
         """Sorted distinct subject keys of the personal data this upload wrote (its run of
         the erasure index: a subject's pseudonym finds the upload without a scan)."""
-        if not self._subject_keys:
+        if self._subject_file is None:
             return np.zeros(0, dtype=np.int64)
-        return sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)
+        self._subject_file.seek(0)
+        keys = np.fromfile(self._subject_file, dtype=np.int64)
+        return sorted_distinct(keys, sorted_runs=True, in_place=True)
 
     def _suppress(self, table: pa.Table) -> tuple[pa.Table, int]:
         """Drop the rows of an erased subject: a personal-data column of a kind on the
@@ -378,9 +387,9 @@ class UploadRefiner:
                     [subject_keys_of(table.column(name)) for name, kind in self.report.pii_columns.items()
                      if kind != "free_text" and name in table.column_names] or [np.zeros(0, dtype=np.int64)]))
         if len(privacy["subjects"]):
-            self._subject_keys.append(privacy["subjects"])
-            if len(self._subject_keys) >= 8:  # people recur across tables: keep each key once
-                self._subject_keys = [sorted_distinct(np.concatenate(self._subject_keys), sorted_runs=True)]
+            if self._subject_file is None:
+                self._subject_file = tempfile.TemporaryFile(prefix="subjects-")
+            self._subject_file.write(np.ascontiguousarray(privacy["subjects"], dtype=np.int64).data)
         self.report.pseudonymised.update(privacy["pseudonymised"])
         self.report.redacted.update(privacy["redacted"])
         return table

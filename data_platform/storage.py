@@ -31,6 +31,7 @@ import pyarrow.fs as pafs
 
 
 COPY_CHUNK = 8 * 1024 * 1024
+READ_CHUNK = 1024 * 1024  # most a HashingReader asks of its source at once
 MULTIPART_THRESHOLD = 64 * 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024  # parts of a streamed write (S3's minimum is 5 MiB; 5 cost more CPU, saved no RSS)
 PARTS_IN_FLIGHT = 1  # a streamed write holds at most this many parts besides the one it fills
@@ -707,7 +708,10 @@ class HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:
-        data = self._src.read(len(buffer))
+        # A short read (allowed: buffered readers ask again) of at most READ_CHUNK: asked
+        # for a 16 MB block at once, the HTTP stream built a 16 MB bytes object (and the
+        # parts it joined) per block, only to copy it into the block.
+        data = self._src.read(min(len(buffer), READ_CHUNK))
         n = len(data)
         buffer[:n] = data
         self._digest.update(data)
