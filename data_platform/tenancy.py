@@ -1,13 +1,15 @@
 """Tenant isolation, in one place.
 
-A run for one tenant sees the platform through a `Scope`: a store that refuses any key
+A run for one tenant sees the platform through a scope: a store that refuses any key
 outside the tenant's part of the layout, and a catalog that refuses any call it cannot
 attribute to the tenant and any answer that holds another tenant's row. Every core
-entry point that works for a tenant (ingestion, training sets, exports, features,
-erasure) scopes the store and catalog it is given before doing anything, so neither a
+entry point that works for a tenant (ingestion, training sets, exports, features)
+scopes the store and catalog it is given before doing anything, so neither a
 caller nor a bug further down (a key built from the wrong name, a query missing its
 filter) can reach another tenant's objects or rows. Platform jobs (cleanup, backups,
-integrity, the sensor) work across tenants with the unscoped objects.
+integrity, the sensor) work across tenants with the unscoped objects. Erasure is not
+inside a scope yet: it keeps its bookkeeping with its own SQL (each statement filtered
+by the request's tenant) and reads `quarantine/_invalid/`, which belongs to no tenant.
 """
 
 import inspect
