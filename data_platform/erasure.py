@@ -659,22 +659,9 @@ class _Run:
     def _redact(self, table: pa.Table, u: Upload) -> tuple[pa.Table, int, list[int]]:
         """The value redacted in the upload's free-text columns: the table, how many
         occurrences, and the rows changed (for the near-duplicate run)."""
-        total, rows = 0, np.zeros(table.num_rows, dtype=bool)
-        for name in _text_columns_of(u):
-            if name not in table.column_names:
-                continue
-            i = table.schema.get_field_index(name)
-            column = table.column(i)
-            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-                continue
-            hits = self.subject.text_hits(column).to_numpy(zero_copy_only=False)
-            if not hits.any():
-                continue
-            text, n = self.subject.redact(column)
-            total += n
-            rows |= hits
-            table = table.set_column(i, table.schema.field(i), text.cast(column.type))
-        return table, total, np.flatnonzero(rows).tolist()
+        changed = np.zeros(table.num_rows, dtype=bool)
+        table, total = self._redact_columns(table, set(_text_columns_of(u)), changed)
+        return table, total, np.flatnonzero(changed).tolist()
 
     def _flag_holders(self) -> None:
         """The other uploads of a dataset whose near-duplicate flags name a row of an
@@ -933,8 +920,10 @@ class _Run:
         self.check(f"after_part:{part['key']}")
         return step
 
-    def _redact_columns(self, table: pa.Table, columns: set[str]) -> tuple[pa.Table, int]:
-        """The value redacted in these string columns of a copy (a part)."""
+    def _redact_columns(self, table: pa.Table, columns: set[str],
+                        changed: np.ndarray | None = None) -> tuple[pa.Table, int]:
+        """The value redacted in these string columns: the table and how many occurrences.
+        Rows that held it are marked in `changed` when given."""
         total = 0
         for name in sorted(columns):
             if name not in table.column_names:
@@ -943,6 +932,8 @@ class _Run:
             column = table.column(i)
             if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
                 continue
+            if changed is not None:
+                changed |= self.subject.text_hits(column).to_numpy(zero_copy_only=False)
             text, n = self.subject.redact(column)
             if n:
                 total += n
