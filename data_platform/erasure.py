@@ -53,6 +53,14 @@ the request's row, renewed with every step it records; a second run waits for it
 returns the receipt) or gives up with `ErasureBusy`; a crashed run's lease runs out and
 the next run takes the request over.
 
+**Inside the tenant's scope.** Like every tenant job, `forget` scopes the store and catalog
+it is given on entry (`tenancy.scoped`): its bookkeeping is catalog methods attributed to
+the tenant (`erasure_requests`, `erasure_steps`, and the rows it rewrites), so a bug inside
+it cannot read or write another tenant's objects or rows. The one thing outside the scope
+is reached through a narrow view, `tenancy.InvalidKeyOriginals`: the originals of the
+tenant's uploads rejected as `invalid_key` (under `quarantine/_invalid/`, which belongs to
+no tenant), read and deleted, nothing else.
+
 **The receipt** (`_platform/erasure/{tenant}/{request_id}.json`) is built from the
 steps: every object rewritten (before/after key, sha256, rows, bytes), deleted, or not
 rewritten and why. It holds a sha256 of the pseudonyms, never the raw value nor a
@@ -72,7 +80,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -83,14 +91,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from data_platform import layout
+from data_platform import layout, tenancy
 from data_platform.backups import export_manifest_keys, read_object
 from data_platform.catalog import (
-    BUILDING, COMPLETE, INGESTED, QUARANTINED, Catalog, RetentionMove, Upload, utcnow,
-)
-from data_platform.catalog.schema import (
-    erasure_requests, erasure_steps, feature_version_sources, feature_versions, index_runs, training_set_files,
-    training_sets, uploads,
+    ERASURE_DONE, ERASURE_STARTED, INGESTED, QUARANTINED, Catalog, ErasureLeaseLost, RetentionMove, Upload,
 )
 from data_platform.indexes import SUBJECTS, uploads_holding_subject
 from data_platform.privacy import (
@@ -103,7 +107,7 @@ from data_platform.storage import ObjectChanged, ObjectStore
 KINDS = ("email", "phone", "ip", "name")
 RECEIPTS = f"{layout.PLATFORM}/erasure"
 SOURCE_COLUMN = "_upload_id"  # training sets and exports: the upload each row came from
-STARTED, DONE = "started", "done"
+STARTED, DONE = ERASURE_STARTED, ERASURE_DONE
 WRITING = "writing"  # a step's new bytes may or may not be in the store yet
 WRITTEN = "written"  # a part's new bytes are in the store; its manifest is still the old one
 REWRITTEN, REMOVED, NOT_REWRITTEN = "rewritten", "deleted", "not_rewritten"
@@ -227,8 +231,12 @@ def forget(store: ObjectStore, catalog: Catalog, subject: Subject, *, client_id:
     returns its receipt) and raises `ErasureBusy` after that."""
     now = now or datetime.now(UTC)
     request_id = request_id_for(subject, client_id, now.date())
+    # The tenant's scope, like every tenant job; plus the one narrow view it needs outside
+    # it, built from the unscoped objects before they are put out of reach.
+    invalid = tenancy.InvalidKeyOriginals(store, catalog, subject.tenant)
+    store, catalog = tenancy.scoped(store, catalog, subject.tenant)
     if dry_run:
-        run = _Run(store, catalog, subject, request_id, dry=True, actor=actor, checkpoint=None)
+        run = _Run(store, catalog, subject, request_id, dry=True, actor=actor, checkpoint=None, invalid=invalid)
         run.execute(_find_uploads(store, catalog, subject))
         return run.receipt(requested_at=now, completed_at=None)
     row = _begin(store, catalog, subject, request_id, actor, now)
@@ -236,13 +244,13 @@ def forget(store: ObjectStore, catalog: Catalog, subject: Subject, *, client_id:
     if done is not None:
         return done
     owner = f"{actor}@{socket.gethostname()}:{os.getpid()}"[:119] + f":{secrets.token_hex(4)}"
-    row = _take_lease(catalog, request_id, owner, lease, wait)
+    row = _take_lease(catalog, subject.tenant, request_id, owner, lease, wait)
     try:
         done = _stored_receipt(store, row)  # finished by the run this one waited for
         if done is not None:
             return done
         run = _Run(store, catalog, subject, request_id, dry=False, actor=actor, checkpoint=checkpoint, owner=owner,
-                   lease=lease)
+                   lease=lease, invalid=invalid)
         run.execute(json.loads(row.scope)["uploads"])
         receipt = run.receipt(requested_at=row.created_at.replace(tzinfo=UTC), completed_at=datetime.now(UTC))
         body = json.dumps(receipt, indent=2, sort_keys=True).encode()
@@ -250,17 +258,14 @@ def forget(store: ObjectStore, catalog: Catalog, subject: Subject, *, client_id:
         run.renew()
         store.put_bytes(key, body)
         run.check("after_receipt")
-        er = erasure_requests
-        with catalog.engine.begin() as conn:
-            finished = conn.execute(er.update().where(er.c.request_id == request_id, er.c.claimed_by == owner).values(
-                state=DONE, completed_at=utcnow(), updated_at=utcnow(), receipt_key=key,
-                receipt_sha256=hashlib.sha256(body).hexdigest(), claimed_by=None, claimed_until=None)).rowcount
+        finished = catalog.finish_erasure_request(subject.tenant, request_id, owner, receipt_key=key,
+                                                  receipt_sha256=hashlib.sha256(body).hexdigest())
         if not finished:
             raise ErasureError(f"erasure {request_id} lost its lease to another run before it finished; "
                                "that run writes the receipt")
         return receipt
     finally:
-        _release(catalog, request_id, owner)
+        catalog.release_erasure_request(subject.tenant, request_id, owner)  # a run that stops lets go at once
 
 
 def _stored_receipt(store: ObjectStore, row: sa.Row) -> dict | None:
@@ -274,20 +279,14 @@ def _stored_receipt(store: ObjectStore, row: sa.Row) -> dict | None:
     return None
 
 
-def _take_lease(catalog: Catalog, request_id: str, owner: str, lease: timedelta, wait: float) -> sa.Row:
+def _take_lease(catalog: Catalog, tenant: str, request_id: str, owner: str, lease: timedelta,
+                wait: float) -> sa.Row:
     """Hold the request for `owner` once it is free: held by nobody, or its holder's lease
     ran out (a crashed run). Returns the request's row (`done` if the run waited for
     finished it; a finished request whose receipt is gone is written again under the lease)."""
-    er = erasure_requests
     deadline = time.monotonic() + wait
     while True:
-        stamp = utcnow()
-        with catalog.engine.begin() as conn:
-            taken = conn.execute(er.update().where(
-                er.c.request_id == request_id,
-                sa.or_(er.c.claimed_by.is_(None), er.c.claimed_until < stamp, er.c.claimed_by == owner))
-                .values(claimed_by=owner, claimed_until=stamp + lease)).rowcount
-            row = conn.execute(sa.select(er).where(er.c.request_id == request_id)).one()
+        taken, row = catalog.claim_erasure_request(tenant, request_id, owner, lease=lease)
         if taken:
             return row
         left = deadline - time.monotonic()
@@ -296,14 +295,6 @@ def _take_lease(catalog: Catalog, request_id: str, owner: str, lease: timedelta,
             raise ErasureBusy(f"erasure request {request_id} is being run by {row.claimed_by} (lease until {until}); "
                               "retry once it is done (or, if that run died, once its lease has run out)")
         time.sleep(min(_POLL_SECONDS, left))
-
-
-def _release(catalog: Catalog, request_id: str, owner: str) -> None:
-    """A run that stops (failed, or finished) lets the request go at once."""
-    er = erasure_requests
-    with catalog.engine.begin() as conn:
-        conn.execute(er.update().where(er.c.request_id == request_id, er.c.claimed_by == owner)
-                     .values(claimed_by=None, claimed_until=None))
 
 
 def _find_uploads(store: ObjectStore, catalog: Catalog, subject: Subject) -> list[int]:
@@ -324,29 +315,17 @@ def _begin(store: ObjectStore, catalog: Catalog, subject: Subject, request_id: s
     first attempt created (its list wins: rewritten objects no longer hold the subject).
     The subject goes on the tenant's suppression list first: an upload ingested after
     that drops its rows, one committed before it is found by the lookup that follows."""
-    er = erasure_requests
-    with catalog.engine.connect() as conn:
-        row = conn.execute(sa.select(er).where(er.c.request_id == request_id)).first()
+    row = catalog.erasure_request(request_id, subject.tenant)
     if row is not None:
         return row
     catalog.record_suppressions(subject.tenant, request_id, subject.suppression_entries())
     scope = {"kinds": list(subject.kinds), "column": subject.column, "uploads": _find_uploads(store, catalog, subject)}
-    stamp = utcnow()
-    try:
-        with catalog.engine.begin() as conn:
-            conn.execute(er.insert().values(
-                request_id=request_id, tenant=subject.tenant, subject_sha256=subject.sha256, state=STARTED,
-                scope=json.dumps(scope, sort_keys=True), created_by=actor, created_at=stamp, updated_at=stamp))
-    except sa.exc.IntegrityError:
-        pass  # a concurrent first attempt inserted it: use its row
-    with catalog.engine.connect() as conn:
-        return conn.execute(sa.select(er).where(er.c.request_id == request_id)).one()
+    return catalog.start_erasure_request(subject.tenant, request_id, subject_sha256=subject.sha256, scope=scope,
+                                         actor=actor)
 
 
 def request_state(catalog: Catalog, request_id: str) -> dict | None:
-    er = erasure_requests
-    with catalog.engine.connect() as conn:
-        row = conn.execute(sa.select(er).where(er.c.request_id == request_id)).first()
+    row = catalog.erasure_request(request_id)
     return dict(row._mapping) if row else None
 
 
@@ -364,10 +343,11 @@ class _Step:
 
 
 class _Run:
-    def __init__(self, store: ObjectStore, catalog: Catalog, subject: Subject, request_id: str, *, dry: bool,
-                 actor: str, checkpoint: Callable[[str], None] | None, owner: str | None = None,
-                 lease: timedelta = LEASE):
+    def __init__(self, store: tenancy.TenantStore, catalog: tenancy.TenantCatalog, subject: Subject,
+                 request_id: str, *, dry: bool, actor: str, checkpoint: Callable[[str], None] | None,
+                 invalid: tenancy.InvalidKeyOriginals, owner: str | None = None, lease: timedelta = LEASE):
         self.store, self.catalog, self.subject, self.request_id = store, catalog, subject, request_id
+        self.invalid = invalid  # the originals of the tenant's invalid keys, outside the scope
         self.dry, self.actor, self._checkpoint = dry, actor, checkpoint
         self.owner, self.lease = owner, lease
         self.steps: dict[str, _Step] = {} if dry else self._load_steps()
@@ -386,58 +366,40 @@ class _Run:
 
     # -- the lease and the ledger of steps
 
-    def renew(self, conn=None) -> None:
+    def renew(self) -> None:
         """Extend this run's lease on the request; raises if another run took it over (this
         run's lease ran out): that run carries on from the steps recorded."""
         if self.dry or self.owner is None:
             return
-        er = erasure_requests
+        self._ledger("renew_erasure_request")
 
-        def extend(c):
-            held = c.execute(er.update().where(er.c.request_id == self.request_id, er.c.claimed_by == self.owner)
-                             .values(claimed_until=utcnow() + self.lease)).rowcount
-            if not held:
-                raise ErasureError(f"erasure {self.request_id} lost its lease to another run; that run finishes it")
-        if conn is not None:
-            extend(conn)
-        else:
-            with self.catalog.engine.begin() as c:
-                extend(c)
+    def _ledger(self, method: str, *args, **kwargs):
+        """A catalog method that records for this run's request: the lease is renewed in
+        its transaction, which records nothing if another run took the request over."""
+        try:
+            return getattr(self.catalog, method)(self.subject.tenant, self.request_id, *args, owner=self.owner,
+                                                 lease=self.lease, **kwargs)
+        except ErasureLeaseLost as err:
+            raise ErasureError(str(err)) from None
 
     def _load_steps(self) -> dict[str, _Step]:
-        with self.catalog.engine.connect() as conn:
-            rows = conn.execute(sa.select(erasure_steps).where(erasure_steps.c.request_id == self.request_id)).all()
-        return {r.object_key: _Step(r.object_key, r.what, r.action, r.state, r.upload_id, json.loads(r.detail))
-                for r in rows}
+        return {r["key"]: _Step(**r) for r in self.catalog.erasure_steps(self.subject.tenant, self.request_id)}
 
-    def _save(self, step: _Step, conn=None) -> None:
-        self.steps[step.key] = step
-        if self.dry:
-            return
-        values = {"what": step.what, "action": step.action, "state": step.state, "upload_id": step.upload_id,
-                  "detail": json.dumps(step.detail, sort_keys=True), "updated_at": utcnow()}
-        es = erasure_steps
-        where = (es.c.request_id == self.request_id, es.c.object_key == step.key)
-
-        def write(c):
-            self.renew(c)  # in the same transaction: a run that lost its lease records nothing more
-            if not c.execute(es.update().where(*where).values(**values)).rowcount:
-                c.execute(es.insert().values(request_id=self.request_id, object_key=step.key, **values))
-        if conn is not None:
-            write(conn)
-        else:
-            with self.catalog.engine.begin() as c:
-                write(c)
+    def _save(self, *steps: _Step, commit: str = "save_erasure_steps", **change):
+        """Record steps, with the catalog change that goes with them (`commit`: the catalog
+        method making it, which records the steps in the same transaction); its answer."""
+        for step in steps:
+            self.steps[step.key] = step
+        if not self.dry:
+            return self._ledger(commit, **change, steps=[asdict(step) for step in steps])
+        return None
 
     def _drop(self, keys: list[str]) -> None:
         """Forget steps that no longer describe the store (a replaced export)."""
         for key in keys:
             self.steps.pop(key, None)
         if not self.dry and keys:
-            with self.catalog.engine.begin() as conn:
-                self.renew(conn)
-                conn.execute(erasure_steps.delete().where(erasure_steps.c.request_id == self.request_id,
-                                                          erasure_steps.c.object_key.in_(keys)))
+            self._ledger("drop_erasure_steps", keys)
 
     def _done(self, key: str) -> bool:
         step = self.steps.get(key)
@@ -474,12 +436,7 @@ class _Run:
         ids = sorted(self._affected())
         if not ids:
             return
-        query = (sa.select(training_sets.c.name, training_sets.c.version, training_set_files.c.upload_id)
-                 .join(training_set_files, training_set_files.c.training_set_id == training_sets.c.id)
-                 .where(training_sets.c.tenant == self.subject.tenant, training_sets.c.state == BUILDING,
-                        training_set_files.c.upload_id.in_(ids)))
-        with self.catalog.engine.connect() as conn:
-            held = conn.execute(query).first()
+        held = self.catalog.training_set_building_from(self.subject.tenant, ids)
         if held is not None:
             # Its build may be reading the old bytes right now: erasing under it would let
             # the subject into the snapshot. Nothing has been changed; retry once it is complete.
@@ -609,21 +566,14 @@ class _Run:
             for step in [data] + runs:
                 step.state = DONE
             return
-        with self.catalog.engine.begin() as conn:
-            moved = conn.execute(uploads.update().where(
-                uploads.c.id == upload_id, uploads.c.object_key == u.object_key,
-                uploads.c.state.in_(sorted(INGESTED))).values(
-                rows=data.detail["after"]["rows"], data_sha256=data.detail["after"]["sha256"],
-                data_size=data.detail["after"]["bytes"], updated_at=utcnow())).rowcount
-            if not moved:
-                raise ErasureError(f"upload {upload_id} moved while erasure {self.request_id} rewrote it; retry")
-            for step in runs:
-                if step.action == REWRITTEN:
-                    conn.execute(index_runs.update().where(index_runs.c.object_key == step.key)
-                                 .values(entries=step.detail["after"]["rows"]))
-            for step in [data] + runs:
-                step.state = DONE
-                self._save(step, conn)
+        for step in [data] + runs:
+            step.state = DONE
+        after = data.detail["after"]
+        moved = self._save(data, *runs, commit="commit_erased_upload", upload_id=upload_id, object_key=u.object_key,
+                           rows=after["rows"], sha256=after["sha256"], size=after["bytes"],
+                           index_run_entries={s.key: s.detail["after"]["rows"] for s in runs if s.action == REWRITTEN})
+        if not moved:
+            raise ErasureError(f"upload {upload_id} moved while erasure {self.request_id} rewrote it; retry")
         self.check(f"after_upload:{upload_id}")
 
     def _remap_flags(self, table: pa.Table) -> tuple[pa.Table, int]:
@@ -687,11 +637,6 @@ class _Run:
                         continue
                 self._upload(u.id, erase=False)
 
-    def _registered_runs(self, upload_id: int) -> dict[str, str]:
-        with self.catalog.engine.connect() as conn:
-            return dict(conn.execute(sa.select(index_runs.c.kind, index_runs.c.object_key)
-                                     .where(index_runs.c.upload_id == upload_id)).all())
-
     def _index_runs(self, u: Upload, new_data: Path, erased: np.ndarray, redacted: np.ndarray) -> list[_Step]:
         """The upload's index runs after its rows changed: the subjects run rebuilt (rows
         erased), the near-duplicate run without the erased rows' entries (later rows
@@ -699,7 +644,7 @@ class _Run:
         out = []
         if not len(erased) and not len(redacted):
             return out  # only near-duplicate flags moved: the runs stay as they are
-        for kind, key in sorted(self._registered_runs(u.id).items()):
+        for kind, key in sorted(self.catalog.index_run_keys_of_upload(u.id).items()):
             step = self.steps.get(key)
             if step is not None and step.state == DONE:
                 continue
@@ -748,14 +693,7 @@ class _Run:
         ids = sorted(self._affected())
         if not ids:
             return
-        query = (sa.select(training_sets).where(
-            training_sets.c.tenant == self.subject.tenant, training_sets.c.state == COMPLETE,
-            training_sets.c.id.in_(sa.select(training_set_files.c.training_set_id)
-                                   .where(training_set_files.c.upload_id.in_(ids))))
-            .order_by(training_sets.c.id))
-        with self.catalog.engine.connect() as conn:
-            sets = conn.execute(query).all()
-        for ts in sets:
+        for ts in self.catalog.complete_training_sets_holding(self.subject.tenant, ids):
             self._container(f"{ts.prefix}manifest.json", "training_set", ts.prefix, fmt="parquet", lineage=True,
                             catalog_row=ts)
 
@@ -763,14 +701,7 @@ class _Run:
         ids = sorted(self._affected())
         if not ids:
             return
-        fv = feature_versions
-        query = (sa.select(fv).where(fv.c.tenant == self.subject.tenant, fv.c.state == COMPLETE,
-                                     fv.c.id.in_(sa.select(feature_version_sources.c.version_id)
-                                                 .where(feature_version_sources.c.upload_id.in_(ids))))
-                 .order_by(fv.c.id))
-        with self.catalog.engine.connect() as conn:
-            versions = conn.execute(query).all()
-        for v in versions:
+        for v in self.catalog.complete_feature_versions_from(self.subject.tenant, ids):
             self._container(f"{v.prefix}manifest.json", "feature", v.prefix, fmt="parquet", lineage=False,
                             catalog_row=v)
 
@@ -960,23 +891,16 @@ class _Run:
                 s.state = DONE
             return
         after = step.detail["after"]
-        with self.catalog.engine.begin() as conn:
-            if what == "training_set":
-                ts = training_sets
-                conn.execute(ts.update().where(ts.c.id == catalog_row.id).values(
-                    manifest_sha256=after["sha256"], rows=after["rows"], bytes=step.detail["data_bytes"]))
-                for upload_id, n in step.detail["erased_by_upload"].items():
-                    tsf = training_set_files
-                    conn.execute(tsf.update().where(tsf.c.training_set_id == catalog_row.id,
-                                                    tsf.c.upload_id == int(upload_id))
-                                 .values(rows=tsf.c.rows - n))
-            elif what == "feature":
-                fv = feature_versions
-                conn.execute(fv.update().where(fv.c.id == catalog_row.id).values(
-                    manifest_sha256=after["sha256"], rows=after["rows"], bytes=step.detail["data_bytes"]))
-            for s in [step] + parts:
-                s.state = DONE
-                self._save(s, conn)
+        figures = {"manifest_sha256": after["sha256"], "rows": after["rows"], "size": step.detail["data_bytes"]}
+        for s in [step] + parts:
+            s.state = DONE
+        if what == "training_set":
+            self._save(step, *parts, commit="commit_erased_training_set", set_id=catalog_row.id, **figures,
+                       erased_by_upload={int(k): n for k, n in step.detail["erased_by_upload"].items()})
+        elif what == "feature":
+            self._save(step, *parts, commit="commit_erased_feature_version", version=catalog_row, **figures)
+        else:
+            self._save(step, *parts)
         self.check(f"after_commit:{step.key}")
         self.store.delete_many([p.key for p in parts])  # nothing names them any more
 
@@ -1018,46 +942,43 @@ class _Run:
         landing prefix (`landing/{tenant}/...`: only who may write there could put it there)
         is the tenant's and is searched like any quarantined original. One whose key names
         no tenant cannot be attributed: reading it for this tenant's subject would reach
-        what may be another tenant's bytes, so it is left and listed, for an operator."""
-        tenant = self.subject.tenant
-        own = f"{layout.LANDING}/{tenant}/"
-        query = (sa.select(uploads).where(uploads.c.tenant.is_(None), uploads.c.state == QUARANTINED,
-                                          uploads.c.object_key.like(f"{INVALID_PREFIX}%"))
-                 .order_by(uploads.c.id))
-        with self.catalog.engine.connect() as conn:
-            rows = [Upload.from_row(r) for r in conn.execute(query) if r.object_key.startswith(INVALID_PREFIX)]
+        what may be another tenant's bytes, so it is left and listed, for an operator.
+        Both through `self.invalid`, the narrow view of them the tenant's scope leaves out."""
+        view = self.invalid
         searched = 0
-        for u in rows:
-            if u.landing_key.startswith(own):
-                searched += 1
-                infos = sorted(self.store.list(u.object_key), key=lambda i: i.key)
-                originals = [i for i in infos if "/original/" in i.key]
-                if originals:
-                    self._original(u, originals[0].key, infos)
-            elif _named_tenant(u.landing_key) is None and u.object_key not in self.steps:
-                self._save(_Step(u.object_key, "quarantine_invalid_key", NOT_REWRITTEN, DONE, u.id, {
+        for u in view.uploads():
+            searched += 1
+            infos = sorted(view.list(u.object_key), key=lambda i: i.key)
+            originals = [i for i in infos if "/original/" in i.key]
+            if originals:
+                self._original(u, originals[0].key, infos, store=view, catalog=view)
+        for upload_id, prefix in view.unattributed():
+            if prefix not in self.steps:
+                self._save(_Step(prefix, "quarantine_invalid_key", NOT_REWRITTEN, DONE, upload_id, {
                     "reason": "an upload rejected as invalid_key whose landing key names no tenant: its bytes "
                               "cannot be attributed to this tenant, so they were not searched; an operator may "
                               "inspect and delete them"}))
         # A first attempt's deletions (the uploads are no longer quarantined): finish them.
         for step in list(self.steps.values()):
             if step.what == "quarantine_upload" and step.key.startswith(INVALID_PREFIX) and step.state != DONE:
-                u = self.catalog.get(step.upload_id)
+                u = view.get(step.upload_id)
                 if u is not None:
-                    self._original(u, step.key, [])
+                    self._original(u, step.key, [], store=view, catalog=view)
         self.scanned.append(f"{INVALID_PREFIX}: the originals of {searched} upload(s) rejected as invalid_key "
-                            f"under {own}")
+                            f"under {view.landing}")
 
-    def _original(self, u: Upload, original_key: str, infos) -> bool:
+    def _original(self, u: Upload, original_key: str, infos, *, store=None, catalog=None) -> bool:
         """A rejected upload's original bytes hold raw personal data by definition and may
         not even parse: one holding the subject is deleted, with its whole quarantine
-        prefix, and the upload gets a tombstone (reason erased_subject)."""
+        prefix, and the upload gets a tombstone (reason erased_subject). Through the tenant's
+        scope, or (`store`, `catalog`) the view of the tenant's invalid-key originals."""
+        store, catalog = store or self.store, catalog or self.catalog
         step = self.steps.get(original_key)
         if step is not None and step.state == DONE:
             return True
         if step is None:
             local = self._tmp / "original"
-            _, sha = self._download(original_key, local)
+            _, sha = self._download(original_key, local, store)
             if not self.subject.in_raw(_raw_text(local, original_key)):
                 return False
             step = _Step(original_key, "quarantine_upload", REMOVED, WRITING, u.id, {
@@ -1065,12 +986,12 @@ class _Run:
                 "reason": ERASED_REASON, "also_deleted": sorted(i.key for i in infos if i.key != original_key)})
             self._save(step)
         if not self.dry:
-            again = self.catalog.get(u.id)
+            again = catalog.get(u.id)
             if again is not None and again.state == QUARANTINED:
-                self.catalog.delete_uploads([RetentionMove(u.id, QUARANTINED, ERASED_REASON,
-                                                           {"request_id": self.request_id})], actor=self.actor)
+                catalog.delete_uploads([RetentionMove(u.id, QUARANTINED, ERASED_REASON,
+                                                      {"request_id": self.request_id})], actor=self.actor)
             self.check(f"after_tombstone:{u.id}")
-            self.store.delete_many([original_key] + step.detail["also_deleted"])
+            store.delete_many([original_key] + step.detail["also_deleted"])
         step.state = DONE
         self._save(step)
         return True
@@ -1089,18 +1010,9 @@ class _Run:
             erased = len(lines) - len(kept)
             return b"".join(kept), len(lines), erased, {"erased_by_reason": dict(by_reason)} if erased else {}
 
-        def commit(conn, step: _Step) -> None:
-            n = step.detail["rows_erased"]
-            row = conn.execute(sa.select(uploads.c.quarantined_rows, uploads.c.detail)
-                               .where(uploads.c.id == u.id)).first()
-            if row is None:
-                return
-            values = {"quarantined_rows": max(0, (row.quarantined_rows or 0) - n), "updated_at": utcnow()}
-            detail = _json_dict(row.detail)
-            if isinstance(detail.get("rejected_by_reason"), dict):
-                detail["rejected_by_reason"] = _minus(detail["rejected_by_reason"], step.detail["erased_by_reason"])
-                values["detail"] = json.dumps(detail, sort_keys=True)
-            conn.execute(uploads.update().where(uploads.c.id == u.id).values(**values))
+        def commit(step: _Step) -> None:
+            self._save(step, commit="commit_erased_rejected_rows", upload_id=u.id,
+                       rows_erased=step.detail["rows_erased"], erased_by_reason=step.detail["erased_by_reason"])
         self._in_place(u, key, "quarantine_rejected_rows", rewrite, commit)
 
     def _report(self, u: Upload, key: str) -> None:
@@ -1164,15 +1076,13 @@ class _Run:
         if self.dry or commit is None:
             self._save(step)
             return
-        with self.catalog.engine.begin() as conn:
-            commit(conn, step)
-            self._save(step, conn)
+        commit(step)  # the catalog's change and the step, in one transaction
 
     # -- helpers
 
-    def _download(self, key: str, local: Path) -> tuple[Path, str]:
+    def _download(self, key: str, local: Path, store=None) -> tuple[Path, str]:
         with open(local, "wb") as dst:
-            _, sha = self.store.download(key, dst)
+            _, sha = (store or self.store).download(key, dst)
         return local, sha
 
     def receipt(self, *, requested_at: datetime, completed_at: datetime | None) -> dict:
@@ -1303,14 +1213,6 @@ def _text_columns_of(u: Upload) -> list[str]:
     return sorted(set(columns))
 
 
-def _named_tenant(landing_key: str) -> str | None:
-    """The tenant a landing key names (`landing/{tenant}/...`), if its segment is a valid name."""
-    parts = landing_key.split("/")
-    if len(parts) >= 3 and parts[0] == layout.LANDING and layout.is_valid_name(parts[1]):
-        return parts[1]
-    return None
-
-
 def _reason_of(line: bytes) -> str:
     try:
         return str(json.loads(line).get("reason"))
@@ -1322,14 +1224,6 @@ def _minus(counts: dict, less: dict) -> dict:
     """Counts per reason, fewer by `less` (reasons left at zero go)."""
     out = {k: v - less.get(k, 0) for k, v in counts.items()}
     return {k: v for k, v in out.items() if v > 0}
-
-
-def _json_dict(text: str | None) -> dict:
-    try:
-        value = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _raw_text(path: Path, key: str) -> str:

@@ -3,13 +3,14 @@
 A run for one tenant sees the platform through a scope: a store that refuses any key
 outside the tenant's part of the layout, and a catalog that refuses any call it cannot
 attribute to the tenant and any answer that holds another tenant's row. Every core
-entry point that works for a tenant (ingestion, training sets, exports, features)
-scopes the store and catalog it is given before doing anything, so neither a
+entry point that works for a tenant (ingestion, training sets, exports, features,
+erasure) scopes the store and catalog it is given before doing anything, so neither a
 caller nor a bug further down (a key built from the wrong name, a query missing its
 filter) can reach another tenant's objects or rows. Platform jobs (cleanup, backups,
-integrity, the sensor) work across tenants with the unscoped objects. Erasure is not
-inside a scope yet: it keeps its bookkeeping with its own SQL (each statement filtered
-by the request's tenant) and reads `quarantine/_invalid/`, which belongs to no tenant.
+integrity, the sensor) work across tenants with the unscoped objects. Erasure needs one
+thing outside its scope, the originals of the tenant's uploads rejected as `invalid_key`
+(under `quarantine/_invalid/`, which belongs to no tenant): it gets them through
+`InvalidKeyOriginals`, a view that reads, lists and deletes those and nothing else.
 """
 
 import inspect
@@ -23,7 +24,7 @@ import pyarrow.fs as pafs
 import sqlalchemy as sa
 
 from data_platform import layout
-from data_platform.catalog import Catalog, Identity
+from data_platform.catalog import QUARANTINED, Catalog, Identity, RetentionMove, Upload
 from data_platform.catalog import schema as tables
 from data_platform.storage import IncompleteWrite, ObjectInfo, ObjectStore, ObjectWriter, check_store_key
 
@@ -335,3 +336,106 @@ def _tenant_of_record(value: Any) -> Any:
     if (is_dataclass(value) or isinstance(value, tuple) and hasattr(value, "_fields")) and hasattr(value, "tenant"):
         return value.tenant
     return _NO_TENANT
+
+
+# -- erasure's one view outside the scope ----------------------------------------------------------------
+
+
+class InvalidKeyOriginals:
+    """What an erasure for `tenant` may reach of `quarantine/_invalid/`, and no more.
+
+    An upload rejected as `invalid_key` has no tenant: its key may name none, so its bytes
+    go under `quarantine/_invalid/upload-{id}/`, which belongs to nobody and which the
+    tenant's scope refuses. Yet one uploaded under `landing/{tenant}/` was put there by
+    someone allowed to write for the tenant: its raw bytes are the tenant's, and an erasure
+    of one of the tenant's subjects must search them. So the view holds exactly those:
+
+    - an upload is the tenant's when the catalog says it has no tenant and its landing key
+      lies under `landing/{tenant}/` (neither changes once registered);
+    - only keys under such an upload's own prefix (derived from its id, in normal form) can
+      be listed, read and deleted; nothing can be written, copied or moved;
+    - only such an upload's row can be read and taken from `quarantined` to `deleted` (the
+      erasure's tombstone);
+    - uploads whose landing key names no tenant are named (id and prefix, for the receipt
+      and an operator), never read: their bytes may be anyone's. Those naming another
+      tenant are that tenant's erasure's business.
+
+    It is built from the platform's own (unscoped) store and catalog, never from a scope:
+    a tenant-scoped run cannot widen itself into it.
+    """
+
+    def __init__(self, store: ObjectStore, catalog: Catalog, tenant: str):
+        if isinstance(store, TenantStore) or isinstance(catalog, TenantCatalog):
+            raise TenantViolation("a tenant-scoped run cannot open the originals of invalid keys")
+        self._store, self._catalog = store, catalog
+        self.tenant = layout.check_name("tenant", tenant)
+        self.landing = f"{layout.LANDING}/{self.tenant}/"
+        self._theirs: set[int] = set()  # upload ids found to be the tenant's (that never changes)
+
+    def uploads(self) -> list[Upload]:
+        """The tenant's quarantined invalid-key uploads, by id."""
+        found = [u for u in self._catalog.invalid_key_uploads() if self._is_tenants(u)]
+        self._theirs.update(u.id for u in found)
+        return found
+
+    def unattributed(self) -> list[tuple[int, str]]:
+        """(id, prefix) of the quarantined invalid-key uploads whose landing key names no tenant."""
+        return [(u.id, u.object_key) for u in self._catalog.invalid_key_uploads()
+                if _named_tenant(u.landing_key) is None]
+
+    def get(self, upload_id: int) -> Upload | None:
+        u = self._catalog.get(upload_id)
+        if u is not None and not self._is_tenants(u):
+            raise TenantViolation(f"upload {upload_id} is not an invalid-key upload from {self.landing}")
+        return u
+
+    def delete_uploads(self, moves: Iterable[RetentionMove], *, actor: str):
+        moves = list(moves)
+        for move in moves:
+            if move.from_state != QUARANTINED or self.get(move.upload_id) is None:
+                raise TenantViolation(f"upload {move.upload_id}: only a quarantined invalid-key upload of "
+                                      f"{self.tenant!r} can be deleted here")
+        return self._catalog.delete_uploads(moves, actor=actor)
+
+    def own(self, key: str) -> str:
+        """`key` if it lies under the prefix of one of the tenant's invalid-key uploads."""
+        try:
+            layout.check_relative_path(check_store_key(key))
+        except ValueError as err:
+            raise TenantViolation(f"key {key!r}: {err}") from None
+        upload_id = layout.upload_id_in_key(key)
+        if upload_id is None or not key.startswith(layout.quarantine_prefix(None, None, upload_id)):
+            raise TenantViolation(f"key {key!r} is not under an invalid-key upload's prefix")
+        if upload_id not in self._theirs:
+            if self.get(upload_id) is None:
+                raise TenantViolation(f"key {key!r} belongs to no upload")
+            self._theirs.add(upload_id)
+        return key
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        self.own(prefix + "x" if prefix.endswith("/") else prefix + "/x")
+        return (info for info in self._store.list(prefix) if self._owns(info.key))
+
+    def download(self, key: str, dst, *, if_etag: str | None = None) -> tuple[ObjectInfo, str]:
+        return self._store.download(self.own(key), dst, if_etag=if_etag)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        self._store.delete_many([self.own(key) for key in keys])
+
+    def _is_tenants(self, u: Upload) -> bool:
+        return u.tenant is None and u.landing_key.startswith(self.landing)
+
+    def _owns(self, key: str) -> bool:
+        try:
+            self.own(key)
+        except TenantViolation:
+            return False
+        return True
+
+
+def _named_tenant(landing_key: str) -> str | None:
+    """The tenant a landing key names (`landing/{tenant}/...`), if its segment is a valid name."""
+    parts = landing_key.split("/")
+    if len(parts) >= 3 and parts[0] == layout.LANDING and layout.is_valid_name(parts[1]):
+        return parts[1]
+    return None

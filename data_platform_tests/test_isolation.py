@@ -8,14 +8,16 @@ built for the wrong tenant, a query that lost its tenant filter) are stopped by 
 before anything of the other tenant is read or written."""
 
 import hashlib
+import io
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
 
-from data_platform import cli, exports, layout, tenancy
+from data_platform import cli, erasure, exports, layout, tenancy
 from data_platform import training_sets as tsets
-from data_platform.catalog import FRESH, QUARANTINED, Catalog, RetentionMove
+from data_platform.catalog import COMPLETE, FRESH, QUARANTINED, Catalog, RetentionMove
 from data_platform.storage import LocalObjectStore
 from data_platform.tenancy import TenantViolation, tenant_of_key
 from data_platform_tests.support import ingest_everything, jsonl
@@ -240,3 +242,144 @@ def test_a_training_set_written_under_another_tenant_is_refused_and_its_claim_re
     assert not list(store.list("training_sets/"))
     # The build failed on a refused write: its files went back to fresh for the next build.
     assert {u.state for u in catalog.list_uploads(tenant="acme")} == {FRESH}
+
+
+# -- erasure: inside the scope, and its one narrow view outside it --------------------------------------
+
+ALICE = "alice@example.com"
+CONTRACT = b"""
+version: 1
+columns:
+  id: {type: string, required: true}
+  email: {type: string, pii: email}
+primary_key: [id]
+"""
+
+
+def alice() -> erasure.Subject:
+    key = os.environ.get("DATA_PLATFORM_PSEUDONYM_KEY", "test-pseudonym-key-not-for-production")  # as ingestion
+    return erasure.Subject(key.encode(), "acme", ALICE)
+
+
+@pytest.fixture
+def alice_everywhere(local_store, sqlite_catalog):
+    """Alice in the data, a complete training set and an invalid-key original (her raw
+    address: a landing key without a dataset) of both tenants, and in one whose key
+    names no tenant."""
+    store, catalog = local_store, sqlite_catalog
+    for tenant in ("acme", "other"):
+        store.put_bytes(f"_platform/contracts/{tenant}/events.yaml", CONTRACT)
+        store.put_bytes(f"landing/{tenant}/events/a.jsonl",
+                        jsonl([{"id": f"{tenant}-{i}", "email": ALICE if i == 1 else f"u{i}@example.org"}
+                               for i in range(4)]))
+        store.put_bytes(f"landing/{tenant}/notes.jsonl", jsonl([{"note": f"write to {ALICE}"}]))
+    store.put_bytes("landing/stray.jsonl", jsonl([{"note": f"write to {ALICE}"}]))
+    ingest_everything(store, catalog)
+    for tenant in ("acme", "other"):
+        tsets.create_training_set(store, catalog, tsets.TrainingSetRequest(tenant, name="m"), actor="t")
+    invalid = {u.landing_key: u for u in catalog.list_uploads() if u.reason == "invalid_key"}
+    assert sorted(invalid) == ["landing/acme/notes.jsonl", "landing/other/notes.jsonl", "landing/stray.jsonl"]
+    return store, catalog, invalid
+
+
+def _theirs(store, catalog, tenant="other") -> tuple[dict, list]:
+    """Everything of `tenant`: its objects (with the invalid-key originals it uploaded), byte
+    for byte, and its catalog rows (uploads and training sets), field for field."""
+    prefixes = [i.key for i in store.list("") if tenancy.tenant_of_key(i.key) == tenant]
+    prefixes += [i.key for u in catalog.list_uploads() if u.landing_key.startswith(f"landing/{tenant}/")
+                 and u.object_key and u.object_key.startswith("quarantine/_invalid/") for i in store.list(u.object_key)]
+    rows = [u for u in catalog.list_uploads() if u.tenant == tenant or u.landing_key.startswith(f"landing/{tenant}/")]
+    return {k: store.get_bytes(k) for k in sorted(prefixes)}, rows + catalog.training_sets(tenant=tenant)
+
+
+def test_an_erasure_whose_index_lookup_lost_its_tenant_filter_reads_nothing_of_another_tenant(alice_everywhere,
+                                                                                              monkeypatch):
+    store, catalog, _ = alice_everywhere
+    before = _theirs(store, catalog)
+    real = Catalog.tenant_index_runs
+    monkeypatch.setattr(Catalog, "tenant_index_runs",
+                        lambda self, tenant, kind: real(self, tenant, kind) + real(self, "other", kind))
+    with pytest.raises(TenantViolation, match="_platform/indexes/subjects/other/"):
+        erasure.forget(store, catalog, alice())
+    assert _theirs(store, catalog) == before
+    assert not catalog.suppressions("other")  # nothing recorded for the other tenant either
+
+
+def test_an_erasure_whose_training_set_query_lost_its_tenant_filter_rewrites_nothing_of_another_tenant(
+        alice_everywhere, monkeypatch):
+    store, catalog, _ = alice_everywhere
+    before = _theirs(store, catalog)
+    monkeypatch.setattr(Catalog, "complete_training_sets_holding",
+                        lambda self, tenant, upload_ids: self.training_sets(state=COMPLETE))  # every tenant's
+    subject = alice()
+    with pytest.raises(TenantViolation, match="complete_training_sets_holding answered with a row of another"):
+        erasure.forget(store, catalog, subject)
+    assert _theirs(store, catalog) == before
+    # acme's own data was erased before the query; the request is left to finish once fixed.
+    assert erasure.request_state(catalog, erasure.request_id_for(subject))["state"] == erasure.STARTED
+    monkeypatch.undo()
+    receipt = erasure.forget(store, catalog, subject)
+    assert receipt["counts"]["data_rows_erased"] == 1 and _theirs(store, catalog) == before
+
+
+def test_an_erasure_whose_invalid_key_search_lost_its_landing_filter_deletes_nothing_of_another_tenant(
+        alice_everywhere, monkeypatch):
+    store, catalog, invalid = alice_everywhere
+    before = _theirs(store, catalog)
+    theirs = invalid["landing/other/notes.jsonl"]
+    assert any(ALICE.encode() in body for key, body in before[0].items() if key.startswith(theirs.object_key))
+    # Every invalid-key upload instead of the tenant's: the other tenant's original holds
+    # Alice's raw address too, and would go.
+    monkeypatch.setattr(tenancy.InvalidKeyOriginals, "uploads", lambda self: self._catalog.invalid_key_uploads())
+    with pytest.raises(TenantViolation, match="is not an invalid-key upload from landing/acme/"):
+        erasure.forget(store, catalog, alice())
+    assert _theirs(store, catalog) == before
+    assert catalog.get(theirs.id).state == QUARANTINED
+
+
+def test_the_invalid_key_view_holds_the_tenants_originals_and_nothing_else(alice_everywhere, tmp_path):
+    store, catalog, invalid = alice_everywhere
+    mine, theirs, stray = (invalid[k] for k in ("landing/acme/notes.jsonl", "landing/other/notes.jsonl",
+                                                "landing/stray.jsonl"))
+    view = tenancy.InvalidKeyOriginals(store, catalog, "acme")
+    assert [u.id for u in view.uploads()] == [mine.id]
+    assert view.unattributed() == [(stray.id, stray.object_key)]  # named, never read
+    keys = {u.id: sorted(i.key for i in store.list(u.object_key)) for u in (mine, theirs, stray)}
+    assert sorted(i.key for i in view.list(mine.object_key)) == keys[mine.id]
+    my_original, their_original, stray_original = (
+        next(k for k in keys[u.id] if "/original/" in k) for u in (mine, theirs, stray))
+    assert ALICE.encode() in store.get_bytes(their_original)
+    view.download(my_original, io.BytesIO())
+    acme_data = next(u for u in catalog.list_uploads(tenant="acme") if u.state != QUARANTINED)
+    before = {k: store.get_bytes(k) for ks in keys.values() for k in ks}
+    attempts = [
+        lambda: list(view.list(theirs.object_key)),
+        lambda: list(view.list("quarantine/_invalid/")),  # spans every upload's originals
+        lambda: view.download(their_original, io.BytesIO()),
+        lambda: view.download(stray_original, io.BytesIO()),  # names no tenant: anyone's
+        lambda: view.download(my_original.replace(mine.object_key, mine.object_key + "../"
+                                                  + theirs.object_key.split("/")[-2] + "/"), io.BytesIO()),
+        lambda: view.download(acme_data.object_key, io.BytesIO()),  # the tenant's own objects: the scope's
+        lambda: view.delete_many([my_original, their_original]),  # refused whole: nothing deleted
+        lambda: view.get(theirs.id),
+        lambda: view.get(stray.id),
+        lambda: view.delete_uploads([RetentionMove(theirs.id, QUARANTINED, "x")], actor="t"),
+        lambda: view.delete_uploads([RetentionMove(acme_data.id, acme_data.state, "x")], actor="t"),
+        # Never built from, nor reached through, a scope: a scoped run cannot widen itself.
+        lambda: tenancy.InvalidKeyOriginals(tenancy.scope_store(store, "acme"), catalog, "acme"),
+        lambda: tenancy.InvalidKeyOriginals(store, tenancy.scope_catalog(catalog, "acme"), "acme"),
+        lambda: tenancy.scope_catalog(catalog, "acme").invalid_key_uploads(),
+        lambda: erasure.forget(tenancy.scope_store(store, "acme"), catalog, alice()),
+    ]
+    for attempt in attempts:
+        with pytest.raises(TenantViolation):
+            attempt()
+    assert {k: store.get_bytes(k) for k in before} == before
+    assert {catalog.get(u.id).state for u in (mine, theirs, stray)} == {QUARANTINED}
+    assert catalog.get(acme_data.id).state == acme_data.state
+    # The erasure itself takes the tenant's original only.
+    receipt = erasure.forget(store, catalog, alice())
+    assert [e["key"] for e in receipt["deleted"] if e["upload_id"] == mine.id] == [my_original]
+    assert not any(store.exists(k) for k in keys[mine.id]) and catalog.get(mine.id).state == "deleted"
+    assert {k: store.get_bytes(k) for k in keys[theirs.id] + keys[stray.id]} == \
+        {k: before[k] for k in keys[theirs.id] + keys[stray.id]}

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from data_platform import layout
 from data_platform.catalog.schema import tombstones  # retention
 from data_platform.catalog.schema import feature_definitions, feature_version_sources, feature_versions  # features
-from data_platform.catalog.schema import erasure_suppressions  # erasure's suppression list
+from data_platform.catalog.schema import erasure_requests, erasure_steps, erasure_suppressions  # erasure
 from data_platform.catalog.schema import (
     VERSION_TABLE, audit_log, contents, datasets, index_runs, metadata, training_set_files, training_sets, uploads,
     usages,
@@ -232,6 +232,16 @@ class Suppressions:
 class SuppressionsChanged(Exception):
     """An erasure added subjects to the tenant's suppression list after this ingestion
     read it: ingest again with the new list."""
+
+
+# Erasure-request states (see schema.erasure_requests).
+ERASURE_STARTED = "started"
+ERASURE_DONE = "done"
+
+
+class ErasureLeaseLost(RuntimeError):
+    """Another run took the erasure request over (this run's lease ran out): the
+    transaction that found it recorded nothing."""
 
 
 class DuplicateContent(Exception):
@@ -1322,6 +1332,226 @@ class Catalog:
         row = conn.execute(query.order_by(fv.c.version.desc()).limit(1)).first()
         return FeatureVersion.from_row(row) if row else None
 
+    # -- erasure: requests, their steps, and the rows they rewrite ----------------------
+    # Every method is attributed to the tenant (`tenant`, or ids of its rows) and filters
+    # by it, so a tenant-scoped erasure can call them (see data_platform.tenancy). A step
+    # is {"key", "what", "action", "state", "upload_id", "detail" (a dict)}; a method that
+    # records steps renews the run's lease on the request in its transaction first, and
+    # raises ErasureLeaseLost (nothing recorded) when another run holds the request.
+
+    def erasure_request(self, request_id: str, tenant: str | None = None) -> sa.Row | None:
+        """An erasure request's row (of `tenant`, when given), or None."""
+        er = erasure_requests
+        query = sa.select(er).where(er.c.request_id == request_id)
+        if tenant is not None:
+            query = query.where(er.c.tenant == tenant)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first()
+
+    def start_erasure_request(self, tenant: str, request_id: str, *, subject_sha256: str, scope: dict,
+                              actor: str) -> sa.Row:
+        """Create the request `started` with its scope, unless a concurrent first attempt
+        created it; returns the row that exists (the first attempt's scope wins)."""
+        er = erasure_requests
+        stamp = utcnow()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(er.insert().values(
+                    request_id=request_id, tenant=tenant, subject_sha256=subject_sha256, state=ERASURE_STARTED,
+                    scope=json.dumps(scope, sort_keys=True), created_by=actor, created_at=stamp, updated_at=stamp))
+        except sa.exc.IntegrityError:
+            pass  # a concurrent first attempt inserted it: use its row
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(er).where(er.c.request_id == request_id, er.c.tenant == tenant)).one()
+
+    def claim_erasure_request(self, tenant: str, request_id: str, owner: str, *,
+                              lease: timedelta) -> tuple[bool, sa.Row]:
+        """Hold the request for `owner` if it is free (held by nobody, or its holder's lease
+        ran out) or already its own; whether it was taken, and the row, in one transaction."""
+        er = erasure_requests
+        stamp = utcnow()
+        mine = (er.c.request_id == request_id, er.c.tenant == tenant)
+        with self.engine.begin() as conn:
+            taken = conn.execute(er.update().where(
+                *mine, sa.or_(er.c.claimed_by.is_(None), er.c.claimed_until < stamp, er.c.claimed_by == owner))
+                .values(claimed_by=owner, claimed_until=stamp + lease)).rowcount
+            return bool(taken), conn.execute(sa.select(er).where(*mine)).one()
+
+    def renew_erasure_request(self, tenant: str, request_id: str, owner: str, *, lease: timedelta) -> None:
+        """Extend `owner`'s lease on the request; ErasureLeaseLost if another run holds it."""
+        with self.engine.begin() as conn:
+            self._renew_erasure(conn, tenant, request_id, owner, lease)
+
+    def release_erasure_request(self, tenant: str, request_id: str, owner: str) -> None:
+        """Let the request go at once (a run that stops), if `owner` still holds it."""
+        er = erasure_requests
+        with self.engine.begin() as conn:
+            conn.execute(er.update().where(er.c.request_id == request_id, er.c.tenant == tenant,
+                                           er.c.claimed_by == owner).values(claimed_by=None, claimed_until=None))
+
+    def finish_erasure_request(self, tenant: str, request_id: str, owner: str, *, receipt_key: str,
+                               receipt_sha256: str) -> bool:
+        """`started` -> `done` with its receipt, and the lease let go; False (nothing
+        changed) when `owner` no longer holds the request."""
+        er = erasure_requests
+        with self.engine.begin() as conn:
+            return bool(conn.execute(er.update().where(
+                er.c.request_id == request_id, er.c.tenant == tenant, er.c.claimed_by == owner).values(
+                state=ERASURE_DONE, completed_at=utcnow(), updated_at=utcnow(), receipt_key=receipt_key,
+                receipt_sha256=receipt_sha256, claimed_by=None, claimed_until=None)).rowcount)
+
+    def erasure_steps(self, tenant: str, request_id: str) -> list[dict[str, Any]]:
+        """The steps a request recorded (of a request of `tenant`)."""
+        es, er = erasure_steps, erasure_requests
+        query = (sa.select(es).join(er, er.c.request_id == es.c.request_id)
+                 .where(es.c.request_id == request_id, er.c.tenant == tenant))
+        with self.engine.connect() as conn:
+            return [{"key": r.object_key, "what": r.what, "action": r.action, "state": r.state,
+                     "upload_id": r.upload_id, "detail": json.loads(r.detail)} for r in conn.execute(query)]
+
+    def save_erasure_steps(self, tenant: str, request_id: str, steps: Sequence[dict], *, owner: str,
+                           lease: timedelta) -> None:
+        """Record steps (new, or replacing those of the same key), in one transaction."""
+        with self.engine.begin() as conn:
+            self._save_erasure_steps(conn, tenant, request_id, steps, owner, lease)
+
+    def drop_erasure_steps(self, tenant: str, request_id: str, keys: Sequence[str], *, owner: str,
+                           lease: timedelta) -> None:
+        """Forget steps that no longer describe the store (a replaced export)."""
+        es = erasure_steps
+        with self.engine.begin() as conn:
+            self._renew_erasure(conn, tenant, request_id, owner, lease)
+            conn.execute(es.delete().where(es.c.request_id == request_id, es.c.object_key.in_(list(keys))))
+
+    def training_set_building_from(self, tenant: str, upload_ids: Sequence[int]) -> sa.Row | None:
+        """A training set of the tenant still `building` from one of these uploads (name,
+        version, upload_id), or None."""
+        ts, tsf = training_sets, training_set_files
+        query = (sa.select(ts.c.name, ts.c.version, tsf.c.upload_id)
+                 .join(tsf, tsf.c.training_set_id == ts.c.id)
+                 .where(ts.c.tenant == tenant, ts.c.state == BUILDING, tsf.c.upload_id.in_(list(upload_ids))))
+        with self.engine.connect() as conn:
+            return conn.execute(query).first()
+
+    def complete_training_sets_holding(self, tenant: str, upload_ids: Sequence[int]) -> list[TrainingSet]:
+        """The tenant's complete training sets holding one of these uploads, by id."""
+        ts, tsf = training_sets, training_set_files
+        query = (sa.select(ts).where(
+            ts.c.tenant == tenant, ts.c.state == COMPLETE,
+            ts.c.id.in_(sa.select(tsf.c.training_set_id).where(tsf.c.upload_id.in_(list(upload_ids)))))
+            .order_by(ts.c.id))
+        with self.engine.connect() as conn:
+            return [TrainingSet.from_row(r) for r in conn.execute(query)]
+
+    def complete_feature_versions_from(self, tenant: str, upload_ids: Sequence[int]) -> list[FeatureVersion]:
+        """The tenant's complete feature versions built from one of these uploads, by id."""
+        fv, fvs = feature_versions, feature_version_sources
+        query = (_feature_version_query().where(
+            fv.c.tenant == tenant, fv.c.state == COMPLETE,
+            fv.c.id.in_(sa.select(fvs.c.version_id).where(fvs.c.upload_id.in_(list(upload_ids)))))
+            .order_by(fv.c.id))
+        with self.engine.connect() as conn:
+            return [FeatureVersion.from_row(r) for r in conn.execute(query)]
+
+    def index_run_keys_of_upload(self, upload_id: int) -> dict[str, str]:
+        """An upload's registered index runs: kind -> object key."""
+        with self.engine.connect() as conn:
+            return dict(conn.execute(sa.select(index_runs.c.kind, index_runs.c.object_key)
+                                     .where(index_runs.c.upload_id == upload_id)).all())
+
+    def commit_erased_upload(self, tenant: str, request_id: str, upload_id: int, *, object_key: str, rows: int,
+                             sha256: str, size: int, index_run_entries: dict[str, int], steps: Sequence[dict],
+                             owner: str, lease: timedelta) -> bool:
+        """An upload's data object rewritten at its key: its rows and checksum, its
+        rewritten index runs' entries, and the steps, in one transaction. False (nothing
+        changed) when the upload moved meanwhile (no longer ingested at `object_key`)."""
+        with self.engine.begin() as conn:
+            moved = conn.execute(uploads.update().where(
+                uploads.c.id == upload_id, uploads.c.tenant == tenant, uploads.c.object_key == object_key,
+                uploads.c.state.in_(sorted(INGESTED))).values(
+                rows=rows, data_sha256=sha256, data_size=size, updated_at=utcnow())).rowcount
+            if not moved:
+                return False
+            for key, entries in index_run_entries.items():
+                conn.execute(index_runs.update().where(index_runs.c.object_key == key,
+                                                       index_runs.c.upload_id == upload_id).values(entries=entries))
+            self._save_erasure_steps(conn, tenant, request_id, steps, owner, lease)
+        return True
+
+    def commit_erased_rejected_rows(self, tenant: str, request_id: str, upload_id: int, *, rows_erased: int,
+                                    erased_by_reason: dict[str, int], steps: Sequence[dict], owner: str,
+                                    lease: timedelta) -> None:
+        """Rejected rows erased from a quarantined file: the upload's `quarantined_rows` and
+        its report's counts per reason fewer by as many, and the steps, in one transaction."""
+        with self.engine.begin() as conn:
+            mine = (uploads.c.id == upload_id, uploads.c.tenant == tenant)
+            row = conn.execute(sa.select(uploads.c.quarantined_rows, uploads.c.detail).where(*mine)).first()
+            if row is not None:
+                values = {"quarantined_rows": max(0, (row.quarantined_rows or 0) - rows_erased), "updated_at": utcnow()}
+                detail = _json_or_text(row.detail)
+                if isinstance(detail, dict) and isinstance(detail.get("rejected_by_reason"), dict):
+                    detail["rejected_by_reason"] = _fewer(detail["rejected_by_reason"], erased_by_reason)
+                    values["detail"] = json.dumps(detail, sort_keys=True)
+                conn.execute(uploads.update().where(*mine).values(**values))
+            self._save_erasure_steps(conn, tenant, request_id, steps, owner, lease)
+
+    def commit_erased_training_set(self, tenant: str, request_id: str, set_id: int, *, manifest_sha256: str,
+                                   rows: int, size: int, erased_by_upload: dict[int, int], steps: Sequence[dict],
+                                   owner: str, lease: timedelta) -> None:
+        """A complete training set's manifest rewritten: its sha256 and figures, the rows
+        each file lost, and the steps, in one transaction."""
+        ts, tsf = training_sets, training_set_files
+        with self.engine.begin() as conn:
+            conn.execute(ts.update().where(ts.c.id == set_id, ts.c.tenant == tenant).values(
+                manifest_sha256=manifest_sha256, rows=rows, bytes=size))
+            for upload_id, n in erased_by_upload.items():
+                conn.execute(tsf.update().where(tsf.c.training_set_id == set_id, tsf.c.upload_id == int(upload_id))
+                             .values(rows=tsf.c.rows - n))
+            self._save_erasure_steps(conn, tenant, request_id, steps, owner, lease)
+
+    def commit_erased_feature_version(self, tenant: str, request_id: str, version: FeatureVersion, *,
+                                      manifest_sha256: str, rows: int, size: int, steps: Sequence[dict],
+                                      owner: str, lease: timedelta) -> None:
+        """A complete feature version's manifest rewritten: its sha256 and figures, and the
+        steps, in one transaction."""
+        fv = feature_versions
+        with self.engine.begin() as conn:
+            conn.execute(fv.update().where(fv.c.id == version.id, fv.c.tenant == tenant).values(
+                manifest_sha256=manifest_sha256, rows=rows, bytes=size))
+            self._save_erasure_steps(conn, tenant, request_id, steps, owner, lease)
+
+    def invalid_key_uploads(self) -> list[Upload]:
+        """Quarantined uploads rejected as `invalid_key` (no tenant; bytes under
+        `quarantine/_invalid/`), by id. Platform-wide: erasure reaches them only through
+        `tenancy.InvalidKeyOriginals`."""
+        invalid = f"{layout.QUARANTINE}/_invalid/"  # layout.quarantine_prefix of a key naming no tenant
+        query = (sa.select(uploads).where(uploads.c.tenant.is_(None), uploads.c.state == QUARANTINED,
+                                          uploads.c.object_key.like(f"{invalid}%"))
+                 .order_by(uploads.c.id))
+        with self.engine.connect() as conn:
+            return [Upload.from_row(r) for r in conn.execute(query) if r.object_key.startswith(invalid)]
+
+    def _renew_erasure(self, conn: Connection, tenant: str, request_id: str, owner: str, lease: timedelta) -> None:
+        er = erasure_requests
+        held = conn.execute(er.update().where(er.c.request_id == request_id, er.c.tenant == tenant,
+                                              er.c.claimed_by == owner)
+                            .values(claimed_until=utcnow() + lease)).rowcount
+        if not held:
+            raise ErasureLeaseLost(f"erasure {request_id} lost its lease to another run; that run finishes it")
+
+    def _save_erasure_steps(self, conn: Connection, tenant: str, request_id: str, steps: Sequence[dict],
+                            owner: str, lease: timedelta) -> None:
+        # In the same transaction: a run that lost its lease records nothing more.
+        self._renew_erasure(conn, tenant, request_id, owner, lease)
+        es = erasure_steps
+        for step in steps:
+            values = {"what": step["what"], "action": step["action"], "state": step["state"],
+                      "upload_id": step["upload_id"], "detail": json.dumps(step["detail"], sort_keys=True),
+                      "updated_at": utcnow()}
+            where = (es.c.request_id == request_id, es.c.object_key == step["key"])
+            if not conn.execute(es.update().where(*where).values(**values)).rowcount:
+                conn.execute(es.insert().values(request_id=request_id, object_key=step["key"], **values))
+
     # -- queries -------------------------------------------------------------------
 
     def get(self, upload_id: int) -> Upload | None:
@@ -1431,6 +1661,12 @@ def _move_groups(moves: Sequence[RetentionMove]) -> list[tuple[tuple[str, str, d
     return [((s, r, json.loads(d)), sorted(ids)) for (s, r, d), ids in groups.items()]
 
 
+def _fewer(counts: dict, less: dict) -> dict:
+    """Counts per reason, fewer by `less` (reasons left at zero go)."""
+    out = {k: v - less.get(k, 0) for k, v in counts.items()}
+    return {k: v for k, v in out.items() if v > 0}
+
+
 def _feature_version_query() -> sa.Select:
     """Feature versions with the revision of the definition each was built from."""
     return (sa.select(feature_versions, feature_definitions.c.revision)
@@ -1476,7 +1712,8 @@ def _make_engine(url: str) -> Engine:
 
 
 __all__ = [
-    "FeatureDefinitionRecord", "FeatureVersion", "FAILED", "Suppressions", "SuppressionsChanged",
+    "FeatureDefinitionRecord", "FeatureVersion", "FAILED", "Suppressions", "SuppressionsChanged", "ErasureLeaseLost",
+    "ERASURE_STARTED", "ERASURE_DONE",
     "Catalog", "Upload", "Identity", "RetentionRow", "RetentionMove", "DeletedUpload", "TrainingSet", "NoFreshData", "BUILDING", "COMPLETE", "RELEASED", "TransitionConflict", "DuplicateContent", "IndexChanged", "IndexRun", "StagedRun", "STATES", "SETTLED", "INGESTED",
     "LANDING", "FRESH", "USED", "ARCHIVED", "DEPRECATED", "DELETED", "QUARANTINED", "DUPLICATE", "metadata",
     "utcnow",
