@@ -114,11 +114,13 @@ def child_ours(inp: Path, _out: Path, args) -> dict:
         store = open_store(f"s3://{BUCKET}")
         catalog = Catalog(f"sqlite:///{tmp}/catalog.db")  # migrations: not timed
         profiler = _profiler(args)
+        cpu0 = os.times()
         t0 = time.perf_counter()
         scan = scan_landing(store, catalog)
         t1 = time.perf_counter()
         result = ingest_pending(store, catalog, TENANT, DATASET, claimer="bench")
         t2 = time.perf_counter()
+        cpu1 = os.times()
         _dump_profile(profiler, args)
 
         assert scan.registered == 1 and (TENANT, DATASET) in scan.pending, scan
@@ -141,6 +143,8 @@ def child_ours(inp: Path, _out: Path, args) -> dict:
     stages = dict((outcome.refinement or {}).get("stage_seconds", {}))
     return {"seconds": t2 - t0, "scan_seconds": t1 - t0, "ingest_seconds": t2 - t1, "rows": outcome.rows,
             "stage_seconds": stages, "setup_seconds": setup_seconds,
+            # CPU of this process's threads (the S3 endpoint runs in the parent)
+            "cpu_user_seconds": cpu1.user - cpu0.user, "cpu_system_seconds": cpu1.system - cpu0.system,
             "quarantined_rows": outcome.quarantined_rows, "duplicate_rows_removed": duplicates,
             "output_bytes": data_bytes}
 
@@ -350,7 +354,8 @@ def print_report(report: dict) -> None:
     for r in ours:
         print(f"ours on {r['input_mb']:.0f} MB: scan_landing {r['scan_seconds']:.2f} s, "
               f"ingest_pending {r['ingest_seconds']:.1f} s, {r['quarantined_rows']} rows quarantined; "
-              f"untimed once-per-process setup (GX import, language model) {r.get('setup_seconds', 0):.1f} s")
+              f"untimed once-per-process setup (GX import, language model) {r.get('setup_seconds', 0):.1f} s; "
+              f"CPU {r.get('cpu_user_seconds', 0):.1f} s user + {r.get('cpu_system_seconds', 0):.1f} s system")
         stages = r.get("stage_seconds") or {}
         if stages:
             # Seconds inside each stage; parse and write run in their own threads, overlapping
