@@ -19,4 +19,8 @@ setup(ext_modules=[
     # (data_platform/neardup.py): bucketed hash tables per LSH band over a ring of rows.
     Extension("data_platform._native.neardup_index", ["data_platform/_native/neardup_index.c"],
               extra_compile_args=COMMON, libraries=["m"]),
+    # DuckDB's hash() of string values, bit for bit, for the row-hash index
+    # (data_platform/dedup.py): rows hashed without loading DuckDB into the ingestion.
+    Extension("data_platform._native.rowhash_kernel", ["data_platform/_native/rowhash_kernel.c"],
+              extra_compile_args=COMMON),
 ])

@@ -1,12 +1,18 @@
 """Exact row deduplication across all of a tenant's files in a dataset.
 
-Each row gets a 64-bit content hash computed by DuckDB over all its columns in
-vectorised C++ (about 3M rows/s here; pandas' keyed hashing did 0.07M rows/s on
-long texts). Among the 10 million rows of one dataset the chance of any collision is
-about 3e-6 (n^2 / 2^65); a collision would drop one good row. DuckDB does not promise
-that `hash()` stays the same across releases, so it is pinned, and a test fixes known
-hash values: an upgrade that changed them would fail CI rather than let duplicates
-through unnoticed.
+Each row gets a 64-bit content hash: DuckDB's `hash()` over all its columns (in name
+order) and their names. The index runs of every upload hold these values, so the
+function must never change: the flat types the ingestion produces (strings, integers,
+floats, booleans, dates, microsecond timestamps) are hashed here in numpy and a small
+compiled kernel for strings (`_native/rowhash_kernel.c`), bit for bit as the pinned
+DuckDB release does (a test compares the two on random and edge-case values); other
+types (nested, decimals, ...) go to DuckDB itself. Keeping DuckDB out of the ingestion
+saves ~75 MB of its resident memory (its library and its state after a first query) and
+a copy of each table into DuckDB's vectors. Among the 10 million rows of one dataset the
+chance of any collision is about 3e-6 (n^2 / 2^65); a collision would drop one good row.
+DuckDB does not promise that `hash()` stays the same across releases, so it is pinned,
+and a test fixes known hash values: an upgrade that changed them would fail CI rather
+than let duplicates through unnoticed.
 
 The index of a dataset is the set of runs of its fresh uploads (data_platform.indexes):
 a row whose hash a committed upload holds is a duplicate, and within one upload only
@@ -15,12 +21,18 @@ the first occurrence is kept. Concurrent runs of the dataset are reconciled at c
 
 import threading
 
-import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from data_platform._native import rowhash_kernel
 from data_platform.catalog import IndexRun, StagedRun
 from data_platform.indexes import RunStore, SortedKeys
+
+# DuckDB's hash of a NULL of any type, and the two constants of its hash combination.
+_NULL_HASH = np.uint64(0xBF58476D1CE4E5B9)
+_MURMUR = np.uint64(0xD6E8FEB86659FD93)
+_32 = np.uint64(32)
 
 
 def row_hashes(table: pa.Table) -> np.ndarray:
@@ -28,6 +40,84 @@ def row_hashes(table: pa.Table) -> np.ndarray:
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.int64)
     names = sorted(table.column_names)
+    if not all(_hashed_here(table.schema.field(name).type) for name in names):
+        return _duckdb_row_hashes(table, names)
+    hashes = None
+    for name in names:
+        column = _column_hashes(table.column(name))
+        hashes = column if hashes is None else _combine(hashes, column)
+    names_hash = np.empty(1, dtype=np.uint64)
+    encoded = "\x1f".join(names).encode()
+    rowhash_kernel.string_hashes(np.array([0, len(encoded)], dtype=np.int32), encoded, 0, 1, False, names_hash)
+    return _combine(hashes, names_hash[0]).view(np.int64)
+
+
+def _hashed_here(t: pa.DataType) -> bool:
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or pa.types.is_integer(t) or pa.types.is_floating(t)
+            and not pa.types.is_float16(t) or pa.types.is_boolean(t) or pa.types.is_date32(t)
+            or pa.types.is_null(t) or pa.types.is_timestamp(t) and t.unit == "us")
+
+
+def _murmur64(x: np.ndarray) -> np.ndarray:
+    x ^= x >> _32
+    x *= _MURMUR
+    x ^= x >> _32
+    x *= _MURMUR
+    x ^= x >> _32
+    return x
+
+
+def _combine(hashes: np.ndarray, other) -> np.ndarray:
+    """DuckDB's CombineHash, in place on `hashes`."""
+    hashes ^= hashes >> _32
+    hashes *= _MURMUR
+    hashes ^= other
+    return hashes
+
+
+def _column_hashes(column: pa.ChunkedArray) -> np.ndarray:
+    out = np.empty(len(column), dtype=np.uint64)
+    at = 0
+    for chunk in column.chunks:
+        n = len(chunk)
+        _chunk_hashes(chunk, out[at:at + n])
+        at += n
+    return out
+
+
+def _chunk_hashes(chunk: pa.Array, out: np.ndarray) -> None:
+    """DuckDB's hash of each value of `chunk`, written to `out`."""
+    t = chunk.type
+    n = len(chunk)
+    if pa.types.is_null(t) or chunk.null_count == n:
+        out[:] = _NULL_HASH
+        return
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        _, offsets, data = chunk.buffers()
+        rowhash_kernel.string_hashes(offsets, data if data is not None else b"", chunk.offset, n,
+                                     pa.types.is_large_string(t) or pa.types.is_large_binary(t), out)
+    else:
+        if pa.types.is_boolean(t):
+            values = pc.fill_null(chunk, False).to_numpy(zero_copy_only=False).astype(np.uint64)
+        else:
+            width = t.bit_width // 8
+            kind = "f" if pa.types.is_floating(t) else "u" if pa.types.is_unsigned_integer(t) else "i"
+            raw = np.frombuffer(chunk.buffers()[1], dtype=f"{kind}{width}", count=chunk.offset + n)[chunk.offset:]
+            if kind == "f":  # -0.0 as 0.0, every NaN as the quiet NaN (DuckDB's equality)
+                raw = np.where(raw == 0, 0, np.where(np.isnan(raw), np.nan, raw)).astype(raw.dtype)
+                values = raw.view(f"u{width}").astype(np.uint64)
+            elif width == 8:
+                values = raw.view(np.uint64).copy()
+            else:  # narrower integers: their value cast to uint32 (sign-extended)
+                values = raw.astype(np.uint32).astype(np.uint64)
+        out[:] = _murmur64(values)
+    if chunk.null_count:
+        out[~chunk.is_valid().to_numpy(zero_copy_only=False)] = _NULL_HASH
+
+
+def _duckdb_row_hashes(table: pa.Table, names: list[str]) -> np.ndarray:
+    """The same hashes computed by DuckDB itself (types not hashed here)."""
     columns = ", ".join('"' + n.replace('"', '""') + '"' for n in names)
     con = _connection()
     try:
@@ -40,14 +130,16 @@ def row_hashes(table: pa.Table) -> np.ndarray:
 
 
 _local = threading.local()
-_database: duckdb.DuckDBPyConnection | None = None
+_database = None  # duckdb.DuckDBPyConnection, opened on first use
 _database_lock = threading.Lock()
 
 
-def _connection() -> duckdb.DuckDBPyConnection:
+def _connection():
     """One connection per thread to one in-memory DuckDB database per process: opening a
     database costs ~35 ms (each upload's refinement runs in a new thread), a cursor on it
-    nothing; hashing a 32k-row table ~13 ms."""
+    nothing. DuckDB is imported only when a table needs it."""
+    import duckdb
+
     global _database
     con = getattr(_local, "con", None)
     if con is None:

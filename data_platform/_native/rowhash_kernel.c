@@ -1,0 +1,106 @@
+/* DuckDB's hash of strings, for a whole Arrow string column in one call.
+ *
+ * The row-hash index (data_platform/dedup.py) holds DuckDB's `hash()` of each row, and
+ * persisted runs must keep matching: this is the same function, bit for bit, as the
+ * pinned DuckDB release computes for a VARCHAR (its HashBytes: 8-byte blocks multiplied
+ * in, the tail zero-padded, then MurmurHash64's finaliser). The tests compare the two on
+ * random and edge-case values. Null slots are not special here: the caller overwrites
+ * them with DuckDB's null hash. The GIL is released while hashing.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+static inline uint64_t murmur64(uint64_t x) {
+    x ^= x >> 32;
+    x *= 0xd6e8feb86659fd93ULL;
+    x ^= x >> 32;
+    x *= 0xd6e8feb86659fd93ULL;
+    x ^= x >> 32;
+    return x;
+}
+
+static inline uint64_t hash_bytes(const uint8_t *p, uint64_t len) {
+    uint64_t h = 0xe17a1465ULL ^ (len * 0xc6a4a7935bd1e995ULL);
+    const uint64_t rem = len & 7U;
+    const uint8_t *end = p + (len - rem);
+    for (; p != end; p += 8) {
+        uint64_t block;
+        memcpy(&block, p, 8);
+        h ^= block;
+        h *= 0xd6e8feb86659fd93ULL;
+    }
+    if (rem) {
+        uint64_t block = 0;
+        memcpy(&block, p, rem);
+        h ^= block;
+        h *= 0xd6e8feb86659fd93ULL;
+    }
+    return murmur64(h);
+}
+
+static inline int64_t offset_at(const void *offsets, int large, Py_ssize_t i) {
+    return large ? ((const int64_t *)offsets)[i] : (int64_t)((const int32_t *)offsets)[i];
+}
+
+/* string_hashes(offsets, data, start, count, large, out)
+ *   offsets/data: the Arrow buffers of a string (int32 offsets) or large_string (int64)
+ *   array; start/count: the slots to hash; out: a writable buffer of count uint64. */
+static PyObject *string_hashes(PyObject *self, PyObject *args) {
+    Py_buffer offsets, data, out;
+    Py_ssize_t start, count;
+    int large;
+    if (!PyArg_ParseTuple(args, "y*y*nnpw*", &offsets, &data, &start, &count, &large, &out))
+        return NULL;
+    PyObject *result = NULL;
+    size_t width = (size_t)(large ? 8 : 4);
+    if (start < 0 || count < 0 || (size_t)offsets.len < (size_t)(start + count + 1) * width) {
+        PyErr_SetString(PyExc_ValueError, "start/count outside the offsets buffer");
+        goto done;
+    }
+    if ((size_t)out.len < (size_t)count * 8) {
+        PyErr_SetString(PyExc_ValueError, "out holds fewer than count uint64");
+        goto done;
+    }
+    const void *offs = offsets.buf;
+    int64_t first = offset_at(offs, large, start), last = offset_at(offs, large, start + count);
+    if (first < 0 || last < first || last > (int64_t)data.len) {
+        PyErr_SetString(PyExc_ValueError, "offsets outside the data buffer");
+        goto done;
+    }
+    const uint8_t *bytes = (const uint8_t *)data.buf;
+    uint64_t *hashes = (uint64_t *)out.buf;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t a = first;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t b = offset_at(offs, large, start + i + 1);
+        if (b < a || b > last) {  /* offsets must not decrease */
+            bad = 1;
+            break;
+        }
+        hashes[i] = hash_bytes(bytes + a, (uint64_t)(b - a));
+        a = b;
+    }
+    Py_END_ALLOW_THREADS
+    if (bad) {
+        PyErr_SetString(PyExc_ValueError, "offsets decrease or leave the data buffer");
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&offsets);
+    PyBuffer_Release(&data);
+    PyBuffer_Release(&out);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"string_hashes", string_hashes, METH_VARARGS, "DuckDB's hash() of each value of a slice of an Arrow string array."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "rowhash_kernel", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit_rowhash_kernel(void) { return PyModule_Create(&module); }
