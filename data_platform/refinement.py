@@ -149,9 +149,10 @@ class UploadRefiner:
         self._subject_file = None
 
     def __call__(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
-        # Two halves in two threads (each mostly outside the GIL): while one table is
-        # pseudonymised and compared for near-duplicates, the next is hashed and validated.
-        yield from self._protected(read_ahead(self._checked(tables)))
+        # Three stages in three threads (each mostly outside the GIL): while one table is
+        # compared for near-duplicates and sampled, the next is pseudonymised and the one
+        # after it hashed and validated.
+        yield from self._scored(read_ahead(self._protected(read_ahead(self._checked(tables)))))
         self.report.outcomes = merge_outcomes(self._results)
 
     def _checked(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
@@ -201,13 +202,17 @@ class UploadRefiner:
             yield table
 
     def _protected(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
-        """Personal data pseudonymised, near-duplicates flagged or dropped, quality sampled."""
+        """Personal data pseudonymised (rows of erased subjects dropped)."""
+        for table in tables:
+            with self._stage("privacy"):
+                table = self._protect(table)
+            if table.num_rows:  # else every row was an erased subject's
+                yield table
+
+    def _scored(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+        """Near-duplicates flagged or dropped, quality sampled."""
         timed = self._stage
         for table in tables:
-            with timed("privacy"):
-                table = self._protect(table)
-            if table.num_rows == 0:
-                continue  # every row was an erased subject's
             if self.near_dups is not None:
                 with timed("near_duplicates"):
                     table = self._near_duplicates(table)
