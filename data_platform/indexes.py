@@ -151,11 +151,16 @@ class SortedKeys:
             self._parts[-1] = _merged([self._parts[-1], newer])
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
+        # The keys are looked up in ascending order: searching random hashes in a part of
+        # millions missed the cache at every step (2x slower for 15k keys in 2M).
+        order = np.argsort(keys)
+        ordered = keys[order]
         found = np.zeros(len(keys), dtype=bool)
         for part in self._parts:
-            at = np.searchsorted(part, keys)
+            at = np.searchsorted(part, ordered)
             at[at == len(part)] = 0  # past the end: compare with any element, never equal
-            found |= part[at] == keys if len(part) else False
+            found |= part[at] == ordered if len(part) else False
+        found[order] = found.copy()
         return found
 
     def sorted(self) -> np.ndarray:

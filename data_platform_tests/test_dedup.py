@@ -207,6 +207,8 @@ def test_sorted_keys_membership_across_merges():
     everything = np.unique(np.concatenate(batches))
     probe = np.arange(-1100, 1100)
     assert keys.contains(probe).tolist() == np.isin(probe, everything).tolist()
+    shuffled = rng.permutation(np.concatenate([probe, probe[::7]]))  # looked up sorted, answered in order
+    assert keys.contains(shuffled).tolist() == np.isin(shuffled, everything).tolist()
     assert keys.contains(np.array([], dtype=np.int64)).tolist() == []
     assert SortedKeys().contains(np.array([1, 2])).tolist() == [False, False]
 
