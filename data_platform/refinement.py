@@ -307,9 +307,9 @@ class UploadRefiner:
     def _validate(self, table: pa.Table, hashes: np.ndarray | None) -> tuple[pa.Table, np.ndarray | None]:
         """The table cast to the contract's types and the mask of its rows that pass (None:
         all of them). GX costs ~25 ms per call whatever the rows, and Arrow clears almost all
-        rows: when only a few rows need GX (and no uniqueness check, which holds within a
-        table), they wait, with their outcomes' place kept, and are decided with other
-        tables' in one call (`_decide_waiting`). Rows failing a cast are rejected at once."""
+        rows: when only a few rows need GX, they wait, with their outcomes' place kept, and
+        are decided with other tables' in one call (`_decide_waiting`; uniqueness still
+        holds within each table). Rows failing a cast are rejected at once."""
         first_record = self.report.rows_in + 1
         self.report.rows_in += table.num_rows
         if self.contract is None:

@@ -63,8 +63,10 @@ of the checked columns at those rows) then `decide`, which takes several prepare
 tables and runs GX once on all their candidate rows (row numbers offset per table),
 splitting the failures back per table. The refinement lets tables' candidate rows wait
 and decides them in batches: ~25 ms of Arrow per 32k-row table plus one GX call per
-batch. Uniqueness holds within a table, so a table with uniqueness candidates is
-decided alone.
+batch. Uniqueness holds within a table: in a batch of several tables the unique and
+primary-key checks run on a column of (table, key) tuples, so GX never compares two
+tables' rows (every table of the generator's data has primary-key candidates: one GX call
+per table, ~125 per GB, before this).
 
 Importing GX takes ~3.5 s and ~170 MB: it is imported when the first validator is built.
 """
@@ -443,6 +445,10 @@ class _Check:
     candidates: Callable[..., np.ndarray] | None = None
     samples: bool = True
     within_table: bool = False  # uniqueness: decided over one table's rows at a time
+    # For within-table checks: the same check in a batch of several tables, given the name
+    # of a column of (table, key...) tuples (see `_batch_keys`), so GX never compares rows
+    # of two tables.
+    build_batched: Callable[[str], Any] | None = None
 
     @property
     def column(self) -> str | None:
@@ -497,14 +503,38 @@ def _value_checks(contract: "Contract", expectations) -> list[_Check]:
             checks.append(_Check(
                 f"unique:{col}", (col,),
                 lambda col=col, m=meta("unique"): E.ExpectColumnValuesToBeUnique(column=col, meta=m),
-                candidates=_repeated, within_table=True))
+                candidates=_repeated, within_table=True,
+                build_batched=lambda keys, m=meta("unique"): E.ExpectColumnValuesToBeUnique(column=keys, meta=m)))
+    batched_pk = lambda keys: E.ExpectColumnValuesToBeUnique(column=keys, meta={"name": "primary_key"})  # noqa: E731
     if len(pk) == 1:
         checks.append(_Check("primary_key", pk, lambda: E.ExpectColumnValuesToBeUnique(
-            column=pk[0], meta={"name": "primary_key"}), candidates=_repeated, within_table=True))
+            column=pk[0], meta={"name": "primary_key"}), candidates=_repeated, within_table=True,
+            build_batched=batched_pk))
     elif len(pk) > 1:  # ExpectCompoundColumnsToBeUnique refuses fewer than two columns
         checks.append(_Check("primary_key", pk, lambda: E.ExpectCompoundColumnsToBeUnique(
-            column_list=list(pk), meta={"name": "primary_key"}), candidates=_repeated_together, within_table=True))
+            column_list=list(pk), meta={"name": "primary_key"}), candidates=_repeated_together, within_table=True,
+            build_batched=batched_pk))
     return checks
+
+
+def _batch_key_column(check: _Check) -> str:
+    return f"__batch_key:{check.name}"
+
+
+def _batch_keys(frame: pd.DataFrame, columns: tuple[str, ...], table_of_row: np.ndarray) -> pd.Series:
+    """Per row of a batch, the key a within-table uniqueness check compares, with its table
+    in front: (table, value) or (table, value, value, ...); None where GX would skip the
+    row (one column: its value missing; several: all of them missing). Missing values
+    inside a tuple are None, so that two of them compare equal, as GX's compound check
+    (pandas' `duplicated`) takes them. GX's column uniqueness over these tuples then fails
+    exactly the rows each table's own check fails."""
+    values = [frame[c].to_numpy(dtype=object) for c in columns]
+    missing = [pd.isna(frame[c]).to_numpy() for c in columns]
+    skip = np.logical_and.reduce(missing) if len(columns) > 1 else missing[0]
+    keys = np.empty(len(frame), dtype=object)
+    for i in np.flatnonzero(~skip).tolist():
+        keys[i] = (int(table_of_row[i]), *(None if m[i] else v[i] for v, m in zip(values, missing)))
+    return pd.Series(keys, index=frame.index)
 
 
 # -- Arrow pre-checks (supersets of the failing rows) ------------------------------------
@@ -592,7 +622,7 @@ class ContractValidator:
         self._gx = _GX()
         self._checks = _value_checks(contract, self._gx.gx.expectations)
         self._check_types = {c.name: _type_name(c.build()) for c in self._checks}
-        self._suites: dict[tuple[str, ...], Any] = {}
+        self._suites: dict[tuple[tuple[str, ...], tuple[str, ...]], Any] = {}
         self._schema_outcomes: dict[tuple[str, ...], list[tuple[str, str, str | None, bool, list]]] = {}
         self._targets = {c.name: c.arrow_type() for c in contract.columns}
         self.gx_runs = 0  # validations sent to GX (for benchmarks and tests)
@@ -632,12 +662,15 @@ class ContractValidator:
 
     # values --------------------------------------------------------------------------------
 
-    def _suite(self, names: tuple[str, ...]):
-        suite = self._suites.get(names)
+    def _suite(self, names: tuple[str, ...], batched: set[str] = frozenset()):
+        """The suite of these checks; those in `batched` on their (table, key) column."""
+        cache_key = (names, tuple(sorted(batched)))
+        suite = self._suites.get(cache_key)
         if suite is None:
             wanted = set(names)
-            suite = self._gx.suite("contract", [c.build() for c in self._checks if c.name in wanted])
-            self._suites[names] = suite
+            suite = self._gx.suite("contract", [c.build_batched(_batch_key_column(c)) if c.name in batched
+                                                else c.build() for c in self._checks if c.name in wanted])
+            self._suites[cache_key] = suite
         return suite
 
     def validate(self, table: pa.Table) -> ValidationResult:
@@ -733,11 +766,9 @@ class ContractValidator:
         their rows that may fail go to GX in one frame (row numbers made distinct by an
         offset per table), and GX's failing rows are split back per table. A check that
         had no candidate row in a table is not evaluated for it (as if run alone).
-        Uniqueness holds within a table: tables with uniqueness candidates
-        (`PreparedTable.alone`) must be decided one at a time. Results have no typed table."""
+        Uniqueness holds within a table: in a batch, GX compares (table, key) tuples
+        (`_batch_keys`). Results have no typed table."""
         batch = [p for p in prepared if p.to_run]
-        if len(batch) > 1 and any(p.alone for p in batch):
-            raise ValueError("a table with uniqueness candidates is decided alone")
         found: list[dict[str, np.ndarray]] = [{} for _ in prepared]  # per table: check -> failing rows
         if batch:
             in_batch = [i for i, p in enumerate(prepared) if p.to_run]
@@ -748,7 +779,16 @@ class ContractValidator:
             frame = pa.concat_tables([p.frame.select(used) for p in batch]).to_pandas()
             frame.index = pd.Index(np.concatenate([p.gx_rows + start for p, start in zip(batch, starts)]),
                                    name=ROW_INDEX)
-            results = {_meta_name(r): r for r in self._gx.run(frame, self._suite(tuple(c.name for c in to_run)))}
+            # Uniqueness holds within a table: in a batch of several, GX compares each row's
+            # key with its table's number in front (one GX call instead of one per table).
+            keyed = {c.name for c in to_run if c.within_table} if len(batch) > 1 else set()
+            if keyed:
+                table_of_row = np.repeat(np.arange(len(batch)), [len(p.gx_rows) for p in batch])
+                for c in to_run:
+                    if c.name in keyed:
+                        frame[_batch_key_column(c)] = _batch_keys(frame, c.columns, table_of_row)
+            results = {_meta_name(r): r for r in self._gx.run(frame, self._suite(tuple(c.name for c in to_run),
+                                                                               batched=keyed))}
             self.gx_runs += 1
             del frame
             for c in to_run:
@@ -798,15 +838,10 @@ class PreparedTable:
     schema_failed: bool  # a required column is missing: every row fails
 
     @property
-    def alone(self) -> bool:
-        """GX must see this table on its own: uniqueness holds within a table."""
-        return any(c.within_table for c in self.to_run)
-
-    @property
     def deferrable(self) -> bool:
         """Its GX decision can wait for other tables': it has rows GX must decide, none of
-        them failing the schema or a cast already, and no uniqueness check to run."""
-        return bool(self.to_run) and not self.alone and not self.schema_failed
+        them failing the schema or a cast already."""
+        return bool(self.to_run) and not self.schema_failed
 
     def first_reasons(self) -> dict[int, str]:
         """Rows failing the schema or a cast, with their reason: final before GX runs,

@@ -295,11 +295,11 @@ def test_checks_that_cannot_fail_are_not_sent_to_gx():
     v.validate(tickets(20, priority={3: 7}))
     # clean: no null, no value out of bounds or not allowed, every id matching the regex
     # for RE2, no repeated key; only the timestamp bound (no Arrow pre-check) runs in GX
-    assert list(v._suites) == [("between:created_at",), ("between:priority", "between:created_at")]
+    assert [names for names, _ in v._suites] == [("between:created_at",), ("between:priority", "between:created_at")]
     assert v.gx_runs == 3  # schema checks once, then one run per table
     # A repeated key sends the uniqueness checks, with only the rows that repeat it.
     dup = v.validate(tickets(20, record_id={5: "rec-000001"}, user_email={7: "user2@example.com"}))
-    assert list(v._suites)[-1] == ("unique:user_email", "between:created_at", "primary_key")
+    assert list(v._suites)[-1][0] == ("unique:user_email", "between:created_at", "primary_key")
     assert dup.failing_rows == {1: "primary_key", 5: "primary_key", 2: "unique:user_email", 7: "unique:user_email"}
 
 
@@ -433,8 +433,7 @@ def test_failing_rows_match_a_reference_on_random_data():
 
 def test_tables_decided_together_as_each_alone():
     """The rows that may fail of several tables go to GX in one call; each table gets the
-    outcomes and failing rows of its own validation. Tables with uniqueness candidates
-    are refused in a batch (uniqueness holds within a table)."""
+    outcomes and failing rows of its own validation."""
     import dataclasses
 
     contract = tickets_contract(columns=tuple(dataclasses.replace(c, unique=False)
@@ -454,8 +453,30 @@ def test_tables_decided_together_as_each_alone():
         assert got.failing_rows == want.failing_rows
     assert any(r.failing_rows for r in together)
 
-    unique = ContractValidator(tickets_contract())
-    repeated, _ = unique.prepare(tickets(10, record_id={4: "rec-000001"}))
-    assert repeated.alone and not repeated.deferrable
-    with pytest.raises(ValueError):
-        unique.decide([repeated, unique.prepare(tickets(10, priority={1: 9}))[0]])
+
+@pytest.mark.parametrize("primary_key", [("record_id",), ("record_id", "category")])
+def test_uniqueness_in_a_batch_holds_within_each_table(primary_key):
+    """Unique and primary-key checks decided for several tables in one GX call fail exactly
+    the rows each table's own call fails: a key repeated across two tables is no
+    duplicate, one repeated within a table is, missing keys are skipped as GX skips them."""
+    contract = tickets_contract(primary_key=primary_key)
+    tables = [tickets(30, record_id={4: "rec-000001", 9: "rec-000001", 12: None, 13: None}),
+              tickets(30),  # every key of this table repeats one of the first's
+              tickets(25, record_id={2: "rec-000003", 7: None}, category={2: None, 3: None}),
+              tickets(20, priority={1: 9}),
+              tickets(40, record_id={5: "rec-000030", 6: None}, category={5: None, 30: None})]
+    alone = ContractValidator(contract)
+    batched = ContractValidator(contract)
+    expected = [alone.validate(t) for t in tables]
+    prepared = [batched.prepare(t)[0] for t in tables]
+    assert all(p.deferrable for p in prepared if p.to_run)
+    runs = batched.gx_runs
+    together = batched.decide(prepared)
+    assert batched.gx_runs == runs + 1
+    for want, got in zip(expected, together):
+        assert got.outcomes == want.outcomes
+        assert got.failing_rows == want.failing_rows
+    assert any(reason == "primary_key" for r in together for reason in r.failing_rows.values())
+    assert not together[1].failing_rows  # its keys are the first table's: no duplicate within it
+
+
