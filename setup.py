@@ -5,16 +5,17 @@ GIL, so the callers can split a column across threads."""
 from setuptools import Extension, setup
 
 COMMON = ["-O3", "-std=c11", "-Wall", "-Wno-deprecated-declarations"]
+STRINGS = ["data_platform/_native/arrow_strings.h"]  # included by the string kernels
 
 setup(ext_modules=[
     # HMAC-SHA-256 with precomputed inner/outer midstates; OpenSSL's SHA-256 uses the
     # CPU's SHA extensions where present.
     Extension("data_platform._native.hmac_kernel", ["data_platform/_native/hmac_kernel.c"],
-              libraries=["crypto"], extra_compile_args=COMMON),
+              libraries=["crypto"], extra_compile_args=COMMON, depends=STRINGS),
     # MinHash LSH signatures for near-duplicate texts (data_platform/neardup.py); the
     # inner min loop is compiled twice (AVX2 and baseline) and picked at load time.
     Extension("data_platform._native.minhash_kernel", ["data_platform/_native/minhash_kernel.c"],
-              extra_compile_args=COMMON),
+              extra_compile_args=COMMON, depends=STRINGS),
     # The near-duplicate index's lookup structures and per-row decisions
     # (data_platform/neardup.py): bucketed hash tables per LSH band over a ring of rows.
     Extension("data_platform._native.neardup_index", ["data_platform/_native/neardup_index.c"],
@@ -22,5 +23,5 @@ setup(ext_modules=[
     # DuckDB's hash() of string values, bit for bit, for the row-hash index
     # (data_platform/dedup.py): rows hashed without loading DuckDB into the ingestion.
     Extension("data_platform._native.rowhash_kernel", ["data_platform/_native/rowhash_kernel.c"],
-              extra_compile_args=COMMON),
+              extra_compile_args=COMMON, depends=STRINGS),
 ])

@@ -12,11 +12,9 @@
 #include <stdint.h>
 #include <string.h>
 
-static const char HEX[] = "0123456789abcdef";
+#include "arrow_strings.h"
 
-static inline int64_t offset_at(const void *offsets, int large, Py_ssize_t i) {
-    return large ? ((const int64_t *)offsets)[i] : (int64_t)((const int32_t *)offsets)[i];
-}
+static const char HEX[] = "0123456789abcdef";
 
 /* pseudonyms(ipad, opad, prefix, hex_chars, offsets, data, start, count, large)
  *   ipad, opad: the 64-byte padded key blocks; prefix: bytes put before the hex digits;

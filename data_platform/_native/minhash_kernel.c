@@ -33,6 +33,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "arrow_strings.h"
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -275,10 +277,6 @@ static inline uint32_t band_key(const uint16_t *m, int rows, int j) {
         h ^= h >> 32;
     }
     return (uint32_t)(mix64(h) >> 32);
-}
-
-static inline int64_t offset_at(const void *offsets, int large, Py_ssize_t i) {
-    return large ? ((const int64_t *)offsets)[i] : (int64_t)((const int32_t *)offsets)[i];
 }
 
 /* signatures(offsets, data, start, count, large, mult, add, bands, rows, ident_shift,

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "arrow_strings.h"
+
 static inline uint64_t murmur64(uint64_t x) {
     x ^= x >> 32;
     x *= 0xd6e8feb86659fd93ULL;
@@ -38,10 +40,6 @@ static inline uint64_t hash_bytes(const uint8_t *p, uint64_t len) {
         h *= 0xd6e8feb86659fd93ULL;
     }
     return murmur64(h);
-}
-
-static inline int64_t offset_at(const void *offsets, int large, Py_ssize_t i) {
-    return large ? ((const int64_t *)offsets)[i] : (int64_t)((const int32_t *)offsets)[i];
 }
 
 /* string_hashes(offsets, data, start, count, large, out)
