@@ -95,6 +95,7 @@ from data_platform import layout, tenancy
 from data_platform.backups import export_manifest_keys, read_object
 from data_platform.catalog import (
     ERASURE_DONE, ERASURE_STARTED, INGESTED, QUARANTINED, Catalog, ErasureLeaseLost, RetentionMove, Upload,
+    fewer_counts,
 )
 from data_platform.indexes import SUBJECTS, uploads_holding_subject
 from data_platform.privacy import (
@@ -1036,7 +1037,7 @@ class _Run:
             counted = gone is not None and isinstance(doc.get("rejected_rows"), int)
             if counted:  # the rejected rows erased from rejected_rows.jsonl: its counts follow
                 doc["rejected_rows"] = max(0, doc["rejected_rows"] - gone["rows_erased"])
-                doc["rejected_by_reason"] = _minus(doc.get("rejected_by_reason") or {}, gone["erased_by_reason"])
+                doc["rejected_by_reason"] = fewer_counts(doc.get("rejected_by_reason") or {}, gone["erased_by_reason"])
             new = json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8")
             return new, None, found[0], {"counts_updated": True} if counted and new != data else {}
         self._in_place(u, key, "quarantine_report", rewrite)
@@ -1218,12 +1219,6 @@ def _reason_of(line: bytes) -> str:
         return str(json.loads(line).get("reason"))
     except (ValueError, AttributeError):
         return "unknown"
-
-
-def _minus(counts: dict, less: dict) -> dict:
-    """Counts per reason, fewer by `less` (reasons left at zero go)."""
-    out = {k: v - less.get(k, 0) for k, v in counts.items()}
-    return {k: v for k, v in out.items() if v > 0}
 
 
 def _raw_text(path: Path, key: str) -> str:

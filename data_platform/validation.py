@@ -528,13 +528,11 @@ def _batch_keys(frame: pd.DataFrame, columns: tuple[str, ...], table_of_row: np.
     inside a tuple are None, so that two of them compare equal, as GX's compound check
     (pandas' `duplicated`) takes them. GX's column uniqueness over these tuples then fails
     exactly the rows each table's own check fails."""
-    values = [frame[c].to_numpy(dtype=object) for c in columns]
     missing = [pd.isna(frame[c]).to_numpy() for c in columns]
-    skip = np.logical_and.reduce(missing) if len(columns) > 1 else missing[0]
-    keys = np.empty(len(frame), dtype=object)
-    for i in np.flatnonzero(~skip).tolist():
-        keys[i] = (int(table_of_row[i]), *(None if m[i] else v[i] for v, m in zip(values, missing)))
-    return pd.Series(keys, index=frame.index)
+    values = [np.where(m, None, frame[c].to_numpy(dtype=object)) for c, m in zip(columns, missing)]
+    keys = pd.Series(list(zip(table_of_row.tolist(), *values)), index=frame.index, dtype=object)
+    keys[np.logical_and.reduce(missing)] = None
+    return keys
 
 
 # -- Arrow pre-checks (supersets of the failing rows) ------------------------------------

@@ -1490,7 +1490,7 @@ class Catalog:
                 values = {"quarantined_rows": max(0, (row.quarantined_rows or 0) - rows_erased), "updated_at": utcnow()}
                 detail = _json_or_text(row.detail)
                 if isinstance(detail, dict) and isinstance(detail.get("rejected_by_reason"), dict):
-                    detail["rejected_by_reason"] = _fewer(detail["rejected_by_reason"], erased_by_reason)
+                    detail["rejected_by_reason"] = fewer_counts(detail["rejected_by_reason"], erased_by_reason)
                     values["detail"] = json.dumps(detail, sort_keys=True)
                 conn.execute(uploads.update().where(*mine).values(**values))
             self._save_erasure_steps(conn, tenant, request_id, steps, owner, lease)
@@ -1661,7 +1661,7 @@ def _move_groups(moves: Sequence[RetentionMove]) -> list[tuple[tuple[str, str, d
     return [((s, r, json.loads(d)), sorted(ids)) for (s, r, d), ids in groups.items()]
 
 
-def _fewer(counts: dict, less: dict) -> dict:
+def fewer_counts(counts: dict, less: dict) -> dict:
     """Counts per reason, fewer by `less` (reasons left at zero go)."""
     out = {k: v - less.get(k, 0) for k, v in counts.items()}
     return {k: v for k, v in out.items() if v > 0}
@@ -1713,7 +1713,7 @@ def _make_engine(url: str) -> Engine:
 
 __all__ = [
     "FeatureDefinitionRecord", "FeatureVersion", "FAILED", "Suppressions", "SuppressionsChanged", "ErasureLeaseLost",
-    "ERASURE_STARTED", "ERASURE_DONE",
+    "ERASURE_STARTED", "ERASURE_DONE", "fewer_counts",
     "Catalog", "Upload", "Identity", "RetentionRow", "RetentionMove", "DeletedUpload", "TrainingSet", "NoFreshData", "BUILDING", "COMPLETE", "RELEASED", "TransitionConflict", "DuplicateContent", "IndexChanged", "IndexRun", "StagedRun", "STATES", "SETTLED", "INGESTED",
     "LANDING", "FRESH", "USED", "ARCHIVED", "DEPRECATED", "DELETED", "QUARANTINED", "DUPLICATE", "metadata",
     "utcnow",
