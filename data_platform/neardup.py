@@ -54,9 +54,8 @@ barely on how the data is split into uploads. Several text columns are compared 
 Persistence: the rows an upload added form its run (`run_for`, or streamed by
 `run_reader`), a pyarrow Table the caller writes as Parquet and gives back with
 `load_run`, oldest first. `detect` appends the kept rows' run columns to a local Arrow
-IPC file as it goes (never held in the heap) and hands each batch to `on_staged` if set
-(the ingestion streams the run to the store meanwhile); `run_for` returns it
-memory-mapped: every row the upload indexed, also those that have left the window. Runs built with other signature parameters
+IPC file as it goes (never held in the heap); `run_for` returns the newest `max_rows`
+of them memory-mapped (no window can load older ones again). Runs built with other signature parameters
 (`MinHashParams.version` in the schema metadata) are skipped with a reason (`skipped`),
 never mixed. Only the `max_rows` newest rows are searched (older runs are not loaded).
 `forget` makes an upload's rows unmatchable at once; they leave the ring as it turns.
@@ -64,7 +63,8 @@ Memory: ~122 bytes per row of max_rows once that many rows were indexed (76 ring
 bands x 4 bytes / 0.7 load), e.g. ~97 MB for max_rows = 800k and ~243 MB for 2M; an
 index that has not yet filled its window grows with its rows (tables at 18-70% load
 plus 32 bytes of band keys per row, kept only until the tables reach their final size).
-A run is ~102 bytes per row (uncompressed Parquet or the local Arrow file).
+A run is ~102 bytes per row (uncompressed Parquet or the local Arrow file), at most
+max_rows rows.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -466,17 +466,24 @@ class _RunFile:
         self.in_order = self.in_order and rows[0].as_py() > self._last_row
         self._last_row = rows[len(rows) - 1].as_py()
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        """The rows as appended, a batch at a time, read rather than mapped: the pages of a
-        mapped 200 MB run count in the process's memory while it is being sent."""
+    def batches(self, last: int) -> Iterator[pa.RecordBatch]:
+        """The `last` rows appended, a batch at a time, read rather than mapped: the pages
+        of a mapped run count in the process's memory while it is being sent."""
         self.close()
+        skip = max(0, self.rows - last)
         for path in self.paths:
             with pa.OSFile(path) as source:
                 reader = pa.ipc.open_file(source)
                 for i in range(reader.num_record_batches):
-                    yield reader.get_batch(i)
+                    batch = reader.get_batch(i)
+                    if skip >= batch.num_rows:
+                        skip -= batch.num_rows
+                        continue
+                    yield batch.slice(skip)
+                    skip = 0
 
-    def table(self) -> pa.Table | None:
+    def table(self, last: int) -> pa.Table | None:
+        """The `last` rows in row order."""
         self.close()
         if not self.rows:
             return None
@@ -488,7 +495,7 @@ class _RunFile:
         rows = table.column("row").to_numpy()
         if len(rows) > 1 and (rows[1:] < rows[:-1]).any():  # tables detected out of order
             table = table.take(pa.array(np.argsort(rows, kind="stable")))
-        return table
+        return table.slice(max(0, table.num_rows - last))
 
     def close(self) -> None:
         if self._writer is not None:
@@ -531,9 +538,6 @@ class NearDupIndex:
         self._files: dict[int, _RunFile] = {}  # staged rows per upload (run_for)
         self._taken: set[int] = set()  # uploads whose run was taken by run_for
         self._last_upload: int | None = None
-        # Called with (upload id, batch) for each batch of rows staged for a run, as
-        # `detect` stages them (the caller may send the run on its way meanwhile).
-        self.on_staged: Callable[[int, pa.RecordBatch], None] | None = None
         self._dir = tempfile.mkdtemp(prefix="neardup-")
         self._cleanup = weakref.finalize(self, _remove_directory, self._dir, self._files)
         schema = pa.schema([("row", pa.uint32()), ("tokens", pa.uint16()), ("sketch", pa.binary(p.sketch_bytes))]
@@ -564,13 +568,17 @@ class NearDupIndex:
             self.skipped.append(f"upload {old_id}: older than the {self.max_rows} most recent indexed rows")
 
     def run_for(self, upload_id: int) -> pa.Table | None:
-        """The rows `upload_id` added (staged by `detect`) as a run table, or None. Rows
-        in upload order; columns row (uint32), tokens (uint16), sketch
-        (fixed_size_binary), band_00.. (uint32); the parameters' version in the schema
-        metadata. Memory-mapped from a local file: every row the upload indexed, also
-        those that have left the `max_rows` window."""
+        """The rows `upload_id` added (staged by `detect`) as a run table, or None: its
+        newest `max_rows` rows, in upload order; columns row (uint32), tokens (uint16),
+        sketch (fixed_size_binary), band_00.. (uint32); the parameters' version in the
+        schema metadata. Memory-mapped from a local file.
+
+        Older rows of the upload are left out: a window of at most `max_rows` rows never
+        loads them again (the newest rows of all runs are the newest rows of each), so
+        they would be bytes stored and sent for nothing (1.7 M of a 1 GB upload's 1.9 M
+        texts with the ingestion's 200k window, ~170 MB)."""
         run = self._files.get(upload_id)
-        table = run.table() if run is not None else None
+        table = run.table(self.max_rows) if run is not None else None
         if table is None:
             return None
         self._taken.add(upload_id)
@@ -580,11 +588,6 @@ class NearDupIndex:
         """The schema of `upload_id`'s run, the parameters' version and the upload in its metadata."""
         return self._schema.with_metadata({VERSION_KEY: self.params.version.encode(),
                                            UPLOAD_KEY: str(upload_id).encode()})
-
-    def staged_rows(self, upload_id: int) -> int:
-        """Rows staged for `upload_id`'s run so far."""
-        run = self._files.get(upload_id)
-        return run.rows if run is not None else 0
 
     def run_reader(self, upload_id: int) -> pa.RecordBatchReader | None:
         """`run_for` as a stream of batches with only one in memory at a time (what is
@@ -596,7 +599,7 @@ class NearDupIndex:
             table = self.run_for(upload_id)
             return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
         self._taken.add(upload_id)
-        return pa.RecordBatchReader.from_batches(self.run_schema(upload_id), run.batches())
+        return pa.RecordBatchReader.from_batches(self.run_schema(upload_id), run.batches(self.max_rows))
 
     def persisted(self, upload_id: int) -> None:
         """The run of `upload_id` is stored: its rows stay searchable, its local run
@@ -705,8 +708,6 @@ class NearDupIndex:
         columns += [pa.array(np.ascontiguousarray(keys[:, j])) for j in range(keys.shape[1])]
         batch = pa.RecordBatch.from_arrays(columns, schema=self._schema)
         run.append(batch)
-        if self.on_staged is not None:
-            self.on_staged(upload_id, batch)
 
     def _build(self) -> None:
         """Add loaded runs to the index, oldest first (only the rows the window keeps)."""

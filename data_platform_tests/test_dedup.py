@@ -254,32 +254,36 @@ def test_concurrent_ingestions_of_one_dataset_keep_each_row_once(s3_store, postg
     assert sum(r.entries for r in runs) == len(kept)
 
 
-def test_near_duplicate_run_is_sent_while_staged_and_equals_the_staged_run(s3_store, catalog):
-    """The run of the upload being ingested goes to the store as the index stages its
-    rows, and is the same object as the run sent whole at the end (also when tables come
-    out of row order, and nothing is left when the upload is given up)."""
+def test_near_duplicate_run_stored_is_the_windows_newest_rows(s3_store, catalog):
+    """The run stored for an upload is its newest rows, as many as the index's window
+    holds (also when tables come out of row order); a process loading it finds what the
+    one that built it finds; nothing is sent for an upload given up."""
     from data_platform.indexes import NEAR_DUP, NearDupRuns
     from data_platform.neardup import NearDupIndex
 
     texts = [f"ticket {i} about vm-{i} failing with E{i} since monday" for i in range(40)]
-    runs = NearDupRuns(RunStore(s3_store, catalog, "acme", "tickets", NEAR_DUP), NearDupIndex())
-    bucket = s3_store._client.list_multipart_uploads
+    runs = NearDupRuns(RunStore(s3_store, catalog, "acme", "tickets", NEAR_DUP), NearDupIndex(max_rows=25))
     for upload_id, starts in ((1, (0, 10, 20, 30)), (2, (30, 0, 10, 20))):
         runs.begin(upload_id)
         for start in starts:
             runs.index.detect(pa.array(texts[start:start + 10]), upload_id, start)
-        sent = runs._stream.rows if runs._stream else 0  # written to the store's stream so far
-        assert sent == (40 if upload_id == 1 else 0)  # out of row order: sent whole at the end
         expected = runs.index.run_for(upload_id)
         staged = runs.stage(upload_id)
-        assert staged.entries == 40
+        assert staged.entries == 25
         stored = pq.read_table(pa.BufferReader(s3_store.get_bytes(staged.object_key)))
         assert stored.equals(expected, check_metadata=True)
+        assert stored.column("row").to_pylist() == list(range(15, 40))
+        loaded = NearDupIndex(max_rows=25)
+        loaded.load_run(upload_id, stored)
+        probe = pa.array([texts[0] + " today", texts[20] + " today"])  # left the window / in it
+        for index in (runs.index, loaded):
+            assert index.detect(probe, 9, 0).is_near_dup.tolist() == [False, True]
+            index.forget(9)
         runs.forget(upload_id)  # not kept after all: the next upload's texts match nothing
     runs.begin(3)
     runs.index.detect(pa.array([t + " again and again" for t in texts[:10]]), 3, 0)
     runs.forget(3)
-    assert not bucket(Bucket=s3_store.bucket).get("Uploads")
+    assert not s3_store._client.list_multipart_uploads(Bucket=s3_store.bucket).get("Uploads")
     assert s3_store.head(layout.index_run_key(NEAR_DUP, "acme", "tickets", 3)) is None
 
 

@@ -252,6 +252,12 @@ def test_run_reader_streams_the_run_batch_by_batch():
     run = shuffled.run_reader(1).read_all()
     assert run.column("row").to_pylist() == list(range(30))
     assert run.equals(index.run_for(1), check_metadata=True)
+    for order in ((0, 10, 20), (20, 0, 10)):  # a window of 15: the newest 15 rows, from two batches
+        small = NearDupIndex(max_rows=15)
+        for start in order:
+            small.detect(pa.array(texts[start:start + 10]), 1, start)
+        assert small.run_reader(1).read_all().column("row").to_pylist() == list(range(15, 30))
+        assert small.run_for(1).equals(index.run_for(1).slice(15), check_metadata=True)
 
 
 def _roundtrip(run: pa.Table) -> pa.Table:
@@ -297,7 +303,7 @@ def test_only_the_most_recent_runs_are_loaded():
     assert r.is_near_dup.tolist() == [False] * 5 + [True] * 5
 
 
-def test_the_window_keeps_the_newest_rows_but_whole_runs():
+def test_the_window_keeps_the_newest_rows_and_runs_hold_them():
     texts = [f"ticket number {i} about vm-{i * 7919 % 100003} failed with code E{i % 997} in zone {i % 7}"
              for i in range(3000)]
     small, full = NearDupIndex(max_rows=1000), NearDupIndex()
@@ -306,11 +312,17 @@ def test_the_window_keeps_the_newest_rows_but_whole_runs():
         assert not a.is_near_dup.any() and not b.is_near_dup.any()
     assert 1000 <= len(small) <= 1250 and len(full) == 3000
     assert small.nbytes < full.nbytes
-    # the run of the upload is complete even though its oldest rows left the window
-    assert small.run_for(1).equals(full.run_for(1))
-    probe = pa.array([texts[10], texts[2990]])
-    assert small.detect(probe, 2, 0).is_near_dup.tolist() == [False, True]
-    assert full.detect(probe, 2, 0).is_near_dup.tolist() == [True, True]
+    # the run holds the upload's newest 1000 rows, the only ones a window of 1000 loads
+    # again; a process loading it finds what the one that built it finds
+    run = small.run_for(1)
+    assert run.equals(full.run_for(1).slice(2000))
+    loaded = NearDupIndex(max_rows=1000)
+    loaded.load_run(1, _roundtrip(run))
+    assert len(loaded) == 1000
+    probe = pa.array([texts[10], texts[2100], texts[2990]])
+    assert small.detect(probe, 2, 0).is_near_dup.tolist() == [False, True, True]
+    assert loaded.detect(probe, 2, 0).is_near_dup.tolist() == [False, True, True]
+    assert full.detect(probe, 2, 0).is_near_dup.tolist() == [True, True, True]
 
 
 def test_index_round_trips_through_its_runs():
@@ -515,9 +527,10 @@ def test_table_split_barely_matters():
     assert (results[0] != results[1]).sum() <= 0.002 * len(texts)
 
 
-def test_the_window_is_a_hard_cap_and_runs_stay_complete():
+def test_the_window_is_a_hard_cap_and_runs_hold_its_newest_rows():
     """Loaded rows and rows this process indexed share the window (the oldest leave
-    first); memory follows max_rows, not the upload; the run holds every indexed row."""
+    first); memory follows max_rows, not the upload; the run holds the upload's newest
+    max_rows rows."""
     texts = [f"ticket number {i} about vm-{i * 7919 % 100003} failed with code E{i % 997} in zone {i % 7}"
              for i in range(6000)]
     writer = NearDupIndex()
@@ -529,7 +542,7 @@ def test_the_window_is_a_hard_cap_and_runs_stay_complete():
         assert len(index) <= 1500
     assert len(index) == 1500
     run = index.run_for(2)
-    assert run.num_rows == 4000 and run.column("row").to_pylist() == list(range(4000))
+    assert run.num_rows == 1500 and run.column("row").to_pylist() == list(range(2500, 4000))
     assert index.nbytes < 1500 * 200
     r = index.detect(pa.array([texts[100], texts[5999], texts[4600]]), 3, 0)
     assert r.is_near_dup.tolist() == [False, True, True]  # upload 1's rows have left the window
