@@ -12,6 +12,10 @@ setup(ext_modules=[
     # CPU's SHA extensions where present.
     Extension("data_platform._native.hmac_kernel", ["data_platform/_native/hmac_kernel.c"],
               libraries=["crypto"], extra_compile_args=COMMON, depends=STRINGS),
+    # The scan of free text for values that may hold an email, phone or IP (the cheap
+    # superset the exact patterns then check), for data_platform/privacy.py.
+    Extension("data_platform._native.pii_scan_kernel", ["data_platform/_native/pii_scan_kernel.c"],
+              extra_compile_args=COMMON, depends=STRINGS),
     # MinHash LSH signatures for near-duplicate texts (data_platform/neardup.py); the
     # inner min loop is compiled twice (AVX2 and baseline) and picked at load time.
     Extension("data_platform._native.minhash_kernel", ["data_platform/_native/minhash_kernel.c"],

@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from data_platform._native import hmac_kernel
+from data_platform._native import hmac_kernel, pii_scan_kernel
 from data_platform.config import Settings
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ _REPLACEMENTS = {"email": "[email]", "ip": r"\1[ip]", "phone": "[phone]"}
 _FULL = {kind: rf"^(?:{p})$" for kind, p in PATTERNS.items()}
 _ANY = "|".join(f"(?:{p})" for p in PATTERNS.values())
 # Cheap superset of the three patterns (every match of any of them contains one of these),
-# run over all rows; the exact patterns then only see the few rows it selects.
+# run over all rows; the exact patterns then only see the few rows it selects. Scanned by
+# a compiled kernel (`may_hold_pii`), which the tests hold equal to this pattern in RE2.
 _CANDIDATE = r"@|[0-9][ ./)-]\(?[0-9]|[0-9A-Fa-f]:[0-9A-Fa-f]|::|\+[0-9]"
 
 
@@ -245,19 +246,39 @@ class Pseudonymizer:
         counts = dict.fromkeys(REDACTION_KINDS, 0)
         if len(arr) == 0:
             return arr, counts
-        candidates = pc.fill_null(pc.match_substring_regex(arr, _CANDIDATE), False)
+        candidates = may_hold_pii(arr)
         picked = pc.indices_nonzero(candidates)
         if len(picked) == 0:
             return arr, counts
         # Only the (few) candidate rows go through the exact patterns, in this order: emails
         # first (they contain dots and digits), then IPs (a phone pattern could eat part of
         # one), then phones; each pattern runs on the output of the previous one.
+        # A replacement is counted by the placeholder it adds ("[email]", ...): no pattern
+        # can match across one (none admits "[" or "]", and the IP pattern puts back the
+        # character before an address), so none is lost, and this is one RE2 pass (and
+        # compilation, per call) per kind instead of two.
         texts = pc.take(arr, picked)
         for kind in REDACTION_KINDS:
-            counts[kind] = int(pc.sum(pc.count_substring_regex(texts, PATTERNS[kind])).as_py() or 0)
-            if counts[kind]:
-                texts = pc.replace_substring_regex(texts, PATTERNS[kind], _REPLACEMENTS[kind])
+            placeholder = f"[{kind}]"
+            before = pc.sum(pc.count_substring(texts, placeholder)).as_py() or 0
+            texts = pc.replace_substring_regex(texts, PATTERNS[kind], _REPLACEMENTS[kind])
+            counts[kind] = int((pc.sum(pc.count_substring(texts, placeholder)).as_py() or 0) - before)
         return pc.replace_with_mask(arr, candidates, texts), counts
+
+
+def may_hold_pii(array) -> pa.BooleanArray:
+    """Whether each text may hold an email, phone or IP: `_CANDIDATE` matches (null: false).
+    The compiled scan runs ~4x faster than RE2's DFA over every text of an upload."""
+    arr = _strings(array, keep_large=True)
+    n = len(arr)
+    flags = np.zeros(n, dtype=np.uint8)
+    _, offsets, data = arr.buffers()[:3]
+    if n and data is not None:
+        pii_scan_kernel.candidates(offsets, data, arr.offset, n, pa.types.is_large_string(arr.type), flags)
+    found = flags.view(bool)
+    if arr.null_count:
+        found &= arr.is_valid().to_numpy(zero_copy_only=False)
+    return pa.array(found)
 
 
 @functools.cache

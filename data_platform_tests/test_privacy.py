@@ -217,6 +217,49 @@ def test_redact_text_on_a_column_keeps_nulls_order_and_counts():
         assert counts[kind] == sum(e.count(f"[{kind}]") for _, e, _ in REDACTED)
 
 
+def test_redaction_counts_are_the_patterns_matches(sample):
+    """Counted by the placeholders added: equal to RE2's match counts pattern by pattern,
+    also where a text already holds placeholders next to what is replaced."""
+    texts = pa.chunked_array([sample.column("text").combine_chunks(), pa.array([
+        "[email] a@b.io", "[ip]10.0.0.1 and [ip] 10.0.0.2", "[phone]+33 6 12 34 56 78 [phone]", "[email][ip][phone]"])])
+    out, counts = Pseudonymizer(KEY, "acme").redact_text(texts)
+    expected, current = {}, texts.combine_chunks()
+    for kind in ("email", "ip", "phone"):
+        expected[kind] = pc.sum(pc.count_substring_regex(current, PATTERNS[kind])).as_py()
+        current = pc.replace_substring_regex(current, PATTERNS[kind], {"ip": r"\1[ip]"}.get(kind, f"[{kind}]"))
+    assert counts == expected and min(expected.values()) > 100
+    assert out.to_pylist()[-4:] == ["[email] [email]", "[ip][ip] and [ip] [ip]", "[phone][phone] [phone]",
+                                    "[email][ip][phone]"]
+
+
+def test_the_compiled_scan_selects_what_the_candidate_pattern_matches(sample):
+    """The kernel that picks the texts the exact patterns see decides what RE2 decides
+    with `_CANDIDATE`: on the generator's texts, on random strings dense in digits,
+    separators, colons and non-ASCII, and on sliced, null-holding and large arrays."""
+    import random
+
+    from data_platform.privacy import _CANDIDATE, may_hold_pii
+
+    def re2(arr):
+        return pc.fill_null(pc.match_substring_regex(arr, _CANDIDATE), False).to_pylist()
+
+    texts = sample.column("text")
+    assert may_hold_pii(texts).to_pylist() == re2(texts)
+    assert 0.02 < sum(re2(texts)) / len(texts) < 0.5  # the comparison is not vacuous
+    rng = random.Random(7)
+    alphabet = "0123456789aAfFgx@:+ ./)-(\u00e9\u20ac\n"
+    values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10))) for _ in range(20_000)]
+    values += [None, "", "@", "1 2", "1 (2", "1 ((2", "a:b", "g:a", "::", "+1", "+", "1-", "é:é", "1/2"]
+    arr = pa.array(values, pa.string())
+    expected = re2(arr)
+    assert 0.2 < sum(expected) / len(values) < 0.8
+    assert may_hold_pii(arr).to_pylist() == expected
+    assert may_hold_pii(arr.slice(777, 5000)).to_pylist() == expected[777:5777]
+    assert may_hold_pii(arr.cast(pa.large_string())).to_pylist() == expected
+    assert may_hold_pii(pa.chunked_array([arr.slice(0, 3), arr.slice(3)])).to_pylist() == expected
+    assert may_hold_pii(pa.array([None, None], pa.string())).to_pylist() == [False, False]
+
+
 # -- detection ---------------------------------------------------------------------------
 
 
