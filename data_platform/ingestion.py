@@ -285,15 +285,16 @@ class Ingestor:
             detail = f"all {rejects.count} rows rejected" if rejects.count else "the file holds no rows"
             return self._quarantine_whole(upload, sha256, reason, detail, rejects=rejects, **whole)
 
-        refiner.finish_quality(rejects.count)
         data_key = layout.data_key(upload.tenant, upload.dataset, upload.id)
         started = time.perf_counter()
-        # The data's multipart upload is completed while the rejects and the index runs are
-        # written: completing is the endpoint's work (~0.7 s per GB on moto, which copies
-        # the parts), writing the runs is mostly ours (sorting the subject keys). Only the
-        # completion runs beside the rest: each run at once would hold their buffers at once.
+        # The data's multipart upload is completed while the quality is scored and the
+        # rejects and the index runs are written: completing is the endpoint's work (~0.7 s
+        # per GB on moto, which copies the parts), the rest mostly ours (the language of
+        # a sample of texts, sorting the subject keys). Only the completion runs beside
+        # the rest: each run at once would hold their buffers at once.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="data-commit") as pool:
             committing = pool.submit(data.commit)
+            refiner.finish_quality(rejects.count)
             if rejects.count:
                 self._write_rejects(upload, sha256, rejects, rows)
             runs = [run for run in (row_index.stage(), near_dups.stage(upload.id), self._stage_subjects(upload, refiner))
