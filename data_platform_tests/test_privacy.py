@@ -474,9 +474,39 @@ def test_kernel_refuses_buffers_that_do_not_match():
 
     block = bytes(64)
     offsets = pa.array([0, 3, 6], pa.int32()).buffers()[1]
-    with pytest.raises(ValueError, match="data buffer"):
-        hmac_kernel.pseudonyms(block, block, b"ps_", 32, offsets, b"abc", 0, 2, False)
-    with pytest.raises(ValueError, match="offsets buffer"):
-        hmac_kernel.pseudonyms(block, block, b"ps_", 32, offsets, b"abcdef", 1, 2, False)
     with pytest.raises(ValueError, match="64-byte"):
         hmac_kernel.pseudonyms(b"short", block, b"ps_", 32, offsets, b"abcdef", 0, 2, False)
+
+
+def _string_kernel(name: str):
+    """call(offsets, data, start, count) of each kernel over Arrow string buffers."""
+    from data_platform._native import hmac_kernel, minhash_kernel, pii_scan_kernel, rowhash_kernel
+    from data_platform.neardup import MinHashParams
+
+    block, p = bytes(64), MinHashParams()
+    mult, add = (a.astype("<u2").tobytes() for a in p.permutations())
+    return {
+        "hmac": lambda o, d, s, n: hmac_kernel.pseudonyms(block, block, b"ps_", 32, o, d, s, n, False),
+        "pii_scan": lambda o, d, s, n: pii_scan_kernel.candidates(o, d, s, n, False, bytearray(n)),
+        "rowhash": lambda o, d, s, n: rowhash_kernel.string_hashes(o, d, s, n, False, bytearray(8 * n)),
+        "minhash": lambda o, d, s, n: minhash_kernel.signatures(
+            o, d, s, n, False, mult, add, p.bands, p.rows, p.ident_shift, bytearray(4 * n * p.bands),
+            bytearray(n * p.sketch_bytes), bytearray(2 * n)),
+    }[name]
+
+
+@pytest.mark.parametrize("kernel", ["hmac", "pii_scan", "rowhash", "minhash"])
+def test_string_kernels_refuse_offsets_outside_their_buffers(kernel):
+    """Each compiled kernel checks the buffers it is given before its loop runs without
+    the GIL: offsets past the data, a slice past the offsets, offsets that go back."""
+    import numpy as np
+
+    call = _string_kernel(kernel)
+    offsets = pa.array([0, 3, 6], pa.int32()).buffers()[1]
+    call(offsets, b"abcdef", 0, 2)  # in bounds: accepted
+    with pytest.raises(ValueError, match="data buffer"):
+        call(offsets, b"abc", 0, 2)
+    with pytest.raises(ValueError, match="offsets buffer"):
+        call(offsets, b"abcdef", 1, 2)
+    with pytest.raises(ValueError, match="decrease"):
+        call(pa.py_buffer(np.array([0, 4, 2], np.int32).tobytes()), b"abcdef", 0, 2)

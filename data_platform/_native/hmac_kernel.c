@@ -31,7 +31,6 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
                           &start, &count, &large))
         return NULL;
     PyObject *result = NULL, *out_offsets = NULL, *out_data = NULL, *out_keys = NULL;
-    size_t width = (size_t)(large ? 8 : 4);
     if (ipad.len != SHA256_CBLOCK || opad.len != SHA256_CBLOCK) {
         PyErr_SetString(PyExc_ValueError, "ipad and opad must be 64-byte blocks");
         goto done;
@@ -40,16 +39,9 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "hex_chars must be even and at most 64");
         goto done;
     }
-    if (start < 0 || count < 0 || (size_t)offsets.len < (size_t)(start + count + 1) * width) {
-        PyErr_SetString(PyExc_ValueError, "start/count outside the offsets buffer");
+    if (check_string_slice(&offsets, &data, start, count, large) < 0)
         goto done;
-    }
     const void *offs = offsets.buf;
-    int64_t first = offset_at(offs, large, start), last = offset_at(offs, large, start + count);
-    if (first < 0 || last < first || last > (int64_t)data.len) {
-        PyErr_SetString(PyExc_ValueError, "offsets outside the data buffer");
-        goto done;
-    }
     Py_ssize_t non_empty = 0;
     for (Py_ssize_t i = 0; i < count; i++)
         non_empty += offset_at(offs, large, start + i + 1) > offset_at(offs, large, start + i);

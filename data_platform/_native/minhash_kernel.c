@@ -302,7 +302,6 @@ static PyObject *signatures(PyObject *self, PyObject *args) {
     int raw = raw_obj != Py_None;
     if (raw && PyObject_GetBuffer(raw_obj, &raw_b, PyBUF_WRITABLE) < 0)
         goto done;
-    size_t width = (size_t)(large ? 8 : 4);
     Py_ssize_t K = mult.len / 2;
     if (mult.len % 2 || mult.len != add.len || K < BLOCK || K > MAX_PERM || K % BLOCK) {
         PyErr_SetString(PyExc_ValueError, "mult and add must hold the same number of uint16, a multiple of 64 up to 1024");
@@ -316,11 +315,8 @@ static PyObject *signatures(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "ident_shift must be in 0..15");
         goto done;
     }
-    if (start < 0 || count < 0 || start > PY_SSIZE_T_MAX / 8 - count - 1 ||
-        (size_t)offsets.len < (size_t)(start + count + 1) * width) {
-        PyErr_SetString(PyExc_ValueError, "start/count outside the offsets buffer");
+    if (check_string_slice(&offsets, &data, start, count, large) < 0)
         goto done;
-    }
     if (keys_b.len != count * bands * 4 || sketch_b.len != count * (K / 2) || tokens_b.len != count * 2 ||
         (raw && raw_b.len != count * K * 2)) {
         PyErr_SetString(PyExc_ValueError, "output buffers do not match count, bands and K");
@@ -333,15 +329,9 @@ static PyObject *signatures(PyObject *self, PyObject *args) {
             goto done;
         }
     const void *offs = offsets.buf;
-    /* Every offset must be monotone and inside the data: checked up front, so the
-     * hashing loop never reads outside the buffers whatever they hold. */
     int64_t longest = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         int64_t a = offset_at(offs, large, start + i), b = offset_at(offs, large, start + i + 1);
-        if (a < 0 || b < a || b > (int64_t)data.len) {
-            PyErr_SetString(PyExc_ValueError, "offsets outside the data buffer or not monotone");
-            goto done;
-        }
         if (b - a > longest)
             longest = b - a;
     }

@@ -97,40 +97,23 @@ static PyObject *candidates(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*nnpw*", &offsets, &data, &start, &count, &large, &out))
         return NULL;
     PyObject *result = NULL;
-    size_t width = (size_t)(large ? 8 : 4);
-    if (start < 0 || count < 0 || (size_t)offsets.len < (size_t)(start + count + 1) * width) {
-        PyErr_SetString(PyExc_ValueError, "start/count outside the offsets buffer");
+    if (check_string_slice(&offsets, &data, start, count, large) < 0)
         goto done;
-    }
     if ((size_t)out.len < (size_t)count) {
         PyErr_SetString(PyExc_ValueError, "out holds fewer than count bytes");
         goto done;
     }
     const void *offs = offsets.buf;
-    int64_t first = offset_at(offs, large, start), last = offset_at(offs, large, start + count);
-    if (first < 0 || last < first || last > (int64_t)data.len) {
-        PyErr_SetString(PyExc_ValueError, "offsets outside the data buffer");
-        goto done;
-    }
     const uint8_t *bytes = (const uint8_t *)data.buf;
     uint8_t *flags = (uint8_t *)out.buf;
-    int bad = 0;
     Py_BEGIN_ALLOW_THREADS
-    int64_t a = first;
+    int64_t a = offset_at(offs, large, start);
     for (Py_ssize_t i = 0; i < count; i++) {
         int64_t b = offset_at(offs, large, start + i + 1);
-        if (b < a || b > last) { /* offsets must not decrease */
-            bad = 1;
-            break;
-        }
         flags[i] = (uint8_t)may_hold_pii(bytes + a, b - a);
         a = b;
     }
     Py_END_ALLOW_THREADS
-    if (bad) {
-        PyErr_SetString(PyExc_ValueError, "offsets decrease or leave the data buffer");
-        goto done;
-    }
     result = Py_NewRef(Py_None);
 done:
     PyBuffer_Release(&offsets);
