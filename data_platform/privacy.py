@@ -253,16 +253,11 @@ class Pseudonymizer:
         # Only the (few) candidate rows go through the exact patterns, in this order: emails
         # first (they contain dots and digits), then IPs (a phone pattern could eat part of
         # one), then phones; each pattern runs on the output of the previous one.
-        # A replacement is counted by the placeholder it adds ("[email]", ...): no pattern
-        # can match across one (none admits "[" or "]", and the IP pattern puts back the
-        # character before an address), so none is lost, and this is one RE2 pass (and
-        # compilation, per call) per kind instead of two.
         texts = pc.take(arr, picked)
         for kind in REDACTION_KINDS:
-            placeholder = f"[{kind}]"
-            before = pc.sum(pc.count_substring(texts, placeholder)).as_py() or 0
-            texts = pc.replace_substring_regex(texts, PATTERNS[kind], _REPLACEMENTS[kind])
-            counts[kind] = int((pc.sum(pc.count_substring(texts, placeholder)).as_py() or 0) - before)
+            counts[kind] = int(pc.sum(pc.count_substring_regex(texts, PATTERNS[kind])).as_py() or 0)
+            if counts[kind]:
+                texts = pc.replace_substring_regex(texts, PATTERNS[kind], _REPLACEMENTS[kind])
         return pc.replace_with_mask(arr, candidates, texts), counts
 
 

@@ -218,8 +218,8 @@ def test_redact_text_on_a_column_keeps_nulls_order_and_counts():
 
 
 def test_redaction_counts_are_the_patterns_matches(sample):
-    """Counted by the placeholders added: equal to RE2's match counts pattern by pattern,
-    also where a text already holds placeholders next to what is replaced."""
+    """Equal to RE2's match counts pattern by pattern (each on the output of the one
+    before), also where a text already holds placeholders next to what is replaced."""
     texts = pa.chunked_array([sample.column("text").combine_chunks(), pa.array([
         "[email] a@b.io", "[ip]10.0.0.1 and [ip] 10.0.0.2", "[phone]+33 6 12 34 56 78 [phone]", "[email][ip][phone]"])])
     out, counts = Pseudonymizer(KEY, "acme").redact_text(texts)
