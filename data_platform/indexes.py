@@ -103,8 +103,7 @@ class RunStore:
 class RunWriter:
     """A run streamed to the store as its batches come, never whole in memory (a 2M-row
     row-index run is 16 MB, a 200k-row near-duplicate run ~20 MB); the object exists
-    only once committed. Hashes do not
-    compress; uncompressed pages also read fastest."""
+    only once committed. Hashes do not compress; uncompressed pages also read fastest."""
 
     def __init__(self, store: ObjectStore, kind: str, key: str, schema: pa.Schema):
         self.kind, self.key, self.rows = kind, key, 0
