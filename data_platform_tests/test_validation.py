@@ -210,6 +210,29 @@ def test_cast_many_rows_with_scattered_failures(validator):
     assert outcome(result, "type:created_at").sample_unexpected == [bad[r] for r in sorted(bad)]
 
 
+def test_impossible_days_are_found_in_the_string_buffers():
+    """Days past their month's end (leap years by the Gregorian rules) are unmarked,
+    read from the buffers of string, large and sliced arrays; the rest stay sure."""
+    from data_platform.validation import _drop_impossible_days
+
+    rng = random.Random(3)
+    values, real = [], []
+    for _ in range(3000):
+        y, m, d = rng.choice([1900, 2000, 2023, 2024, 2100, 1999]), rng.randint(1, 12), rng.randint(28, 31)
+        values.append(f"{y:04d}-{m:02d}-{d:02d}" + rng.choice(["", "T10:00:00Z", " 23:59:59.5+02:00"]))
+        try:
+            real.append(date(y, m, d) is not None)
+        except ValueError:
+            real.append(False)
+    values[5], real[5] = None, True  # nulls are not looked at
+    assert 0.1 < real.count(False) / len(real) < 0.5
+    for arr in (pa.array(values), pa.array(values, pa.large_string())):
+        for start in (0, 17):
+            sure = np.ones(len(values) - start, dtype=bool)
+            _drop_impossible_days(arr.slice(start), sure)
+            assert sure.tolist() == real[start:]
+
+
 def test_integer_column_given_as_floats_or_strings(validator):
     as_float = validator.validate(tickets(4, priority=pa.array([1.0, 2.5, None, 4.0])))
     assert as_float.failing_rows == {1: "type:priority", 2: "not_null:priority"}
