@@ -54,8 +54,9 @@ barely on how the data is split into uploads. Several text columns are compared 
 Persistence: the rows an upload added form its run (`run_for`, or streamed by
 `run_reader`), a pyarrow Table the caller writes as Parquet and gives back with
 `load_run`, oldest first. `detect` appends the kept rows' run columns to a local Arrow
-IPC file as it goes (never held in the heap); `run_for` returns the newest `max_rows`
-of them memory-mapped (no window can load older ones again). Runs built with other signature parameters
+IPC file as it goes (never held in the heap, older rows' files deleted as it grows);
+`run_for` returns the newest `max_rows` of them memory-mapped (no window can load older
+ones again). Runs built with other signature parameters
 (`MinHashParams.version` in the schema metadata) are skipped with a reason (`skipped`),
 never mixed. Only the `max_rows` newest rows are searched (older runs are not loaded).
 `forget` makes an upload's rows unmatchable at once; they leave the ring as it turns.
@@ -445,26 +446,40 @@ _LOAD_ROWS = 1 << 16  # loaded runs go into the index this many rows at a time
 
 class _RunFile:
     """The rows one upload indexed, appended to local Arrow IPC files as `detect` adds
-    them (a new file after each `run_for`), so that its run never sits in the heap."""
+    them (a new file after each `run_for`, and after every `keep` rows), so that its run
+    never sits in the heap. Only the newest `keep` rows are ever read back: while rows
+    come in order, a file whose rows are all older than those is deleted, so the files
+    hold at most ~2 x `keep` rows (~40 MB for the ingestion's window) however large the
+    upload (every row of a 1 GB upload, ~190 MB, went to local disk before)."""
 
-    def __init__(self, directory: str, upload_id: int, schema: pa.Schema):
-        self.directory, self.upload_id, self.schema = directory, upload_id, schema
+    def __init__(self, directory: str, upload_id: int, schema: pa.Schema, keep: int):
+        self.directory, self.upload_id, self.schema, self.keep = directory, upload_id, schema, keep
         self.paths: list[str] = []
+        self._file_rows: list[int] = []  # rows in each of `paths`
+        self._opened = 0
         self._writer = None
-        self.rows = 0
+        self.rows = 0  # in the files kept
         self.in_order = True  # rows appended in ascending order (tables detected in order)
         self._last_row = -1
 
     def append(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
-            path = os.path.join(self.directory, f"upload-{self.upload_id}-{len(self.paths)}.arrow")
+        if self._writer is None or self._file_rows[-1] >= self.keep:
+            self.close()
+            path = os.path.join(self.directory, f"upload-{self.upload_id}-{self._opened}.arrow")
+            self._opened += 1
             self.paths.append(path)
+            self._file_rows.append(0)
             self._writer = pa.ipc.new_file(path, self.schema)
         self._writer.write_batch(batch)
+        self._file_rows[-1] += batch.num_rows
         self.rows += batch.num_rows
         rows = batch.column(0)
         self.in_order = self.in_order and rows[0].as_py() > self._last_row
         self._last_row = rows[len(rows) - 1].as_py()
+        # Out of order, the newest rows by row number could sit in any file: all are kept.
+        while self.in_order and len(self.paths) > 1 and self.rows - self._file_rows[0] >= self.keep:
+            os.unlink(self.paths.pop(0))
+            self.rows -= self._file_rows.pop(0)
 
     def batches(self, last: int) -> Iterator[pa.RecordBatch]:
         """The `last` rows appended, a batch at a time, read rather than mapped: the pages
@@ -509,7 +524,7 @@ class _RunFile:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        self.paths, self.rows = [], 0
+        self.paths, self._file_rows, self.rows = [], [], 0
 
 
 def _remove_directory(path: str, files: dict) -> None:
@@ -700,7 +715,7 @@ class NearDupIndex:
                keys: np.ndarray) -> None:
         run = self._files.get(upload_id)
         if run is None:
-            run = self._files[upload_id] = _RunFile(self._dir, upload_id, self._schema)
+            run = self._files[upload_id] = _RunFile(self._dir, upload_id, self._schema, self.max_rows)
         n = len(rows)
         columns = [pa.array(rows), pa.array(tokens),
                    pa.FixedSizeBinaryArray.from_buffers(pa.binary(self.params.sketch_bytes), n,
