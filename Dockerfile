@@ -33,7 +33,7 @@ RUN apt-get update \
  && pip install --no-deps . \
  && apt-get purge -y --auto-remove gcc libc6-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/* build ./*.egg-info \
- && python -c "from data_platform._native import hmac_kernel, minhash_kernel, neardup_index, pii_scan_kernel, rowhash_kernel"
+ && python -c "from data_platform._native import hmac_kernel, jsonl_kernel, minhash_kernel, neardup_index, pii_scan_kernel, rowhash_kernel"
 
 # Production instance (PostgreSQL) and the gRPC workspace for webserver/daemon.
 COPY deploy/dagster.yaml ${DAGSTER_HOME}/dagster.yaml

@@ -1,0 +1,240 @@
+"""The compiled JSON Lines fast path (`readers._FlatRows`, `_native/jsonl_kernel.c`) must
+build exactly the table Arrow's reader builds, or give the block back (None) to it."""
+
+import json
+import math
+import random
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data_platform import readers
+from data_platform._native import jsonl_kernel
+from data_platform.readers import _FlatRows, _parse_json, read_tables
+
+SCHEMA = pa.schema([("s", pa.string()), ("i", pa.int64()), ("d", pa.float64()), ("b", pa.bool_()),
+                    ("t", pa.string())])
+
+
+def arrow_table(block: bytes, schema: pa.Schema) -> pa.Table | None:
+    try:
+        return _parse_json(block, schema)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
+def assert_same(fast: pa.Table, expected: pa.Table) -> None:
+    fast.validate(full=True)
+    assert fast.schema == expected.schema
+    assert fast.equals(expected), (fast.to_pylist()[:5], expected.to_pylist()[:5])
+    for name in fast.column_names:  # doubles bit for bit (-0.0 is not 0.0)
+        if pa.types.is_floating(fast.schema.field(name).type):
+            a = fast.column(name).combine_chunks().fill_null(1.5).to_numpy().view(np.int64)
+            b = expected.column(name).combine_chunks().fill_null(1.5).to_numpy().view(np.int64)
+            assert (a == b).all(), name
+
+
+def check(block: bytes, schema: pa.Schema = SCHEMA) -> pa.Table | None:
+    """The fast table (asserted equal to Arrow's) or None (Arrow's then stands)."""
+    fast = _FlatRows(schema).parse(block)
+    if fast is not None:
+        expected = arrow_table(block, schema)
+        assert expected is not None, f"fast path took a block Arrow refuses: {block[:200]!r}"
+        assert_same(fast, expected)
+    return fast
+
+
+def lines(*rows: str) -> bytes:
+    return ("\n".join(rows) + "\n").encode()
+
+
+ACCEPTED = {
+    "plain": lines('{"s": "a", "i": 1, "d": 1.5, "b": true, "t": "x"}', '{"s": "b", "i": -2, "d": -0.25, "b": false, "t": "y"}'),
+    "nulls and missing keys": lines('{"s": null, "i": null}', '{}', '{"d": null, "b": null, "t": null}', '{"t": "only"}'),
+    "keys in any order": lines('{"t": "x", "b": true, "d": 2, "i": 3, "s": "z"}', '{"i": 4, "s": "w"}'),
+    "whitespace and CRLF": b'  {  "s" :\t"a" ,"i":1 }  \r\n\t{"s":"b"}\r\n',
+    "no final newline": b'{"s": "a"}\n{"s": "b"}',
+    "escapes": lines(r'{"s": "q\" b\\ s\/ \b\f\n\r\t end"}', r'{"s": "\u00e9\u20ac\ud83d\ude00 \u0041"}'),
+    "raw unicode": lines('{"s": "héllo wörld ñ 日本語 😀 \u2028"}', '{"t": "Ελληνικά"}'),
+    "integers": lines('{"i": 0}', '{"i": 9223372036854775807}', '{"i": -9223372036854775808}', '{"i": 42}'),
+    "doubles": lines('{"d": 0}', '{"d": -0.0}', '{"d": 1e308}', '{"d": 2.2250738585072014e-308}',
+                     '{"d": 0.1}', '{"d": 123456789012345678901234567890}', '{"d": 1.7976931348623157e308}',
+                     '{"d": 3.141592653589793238462643383279}', '{"d": 1E-5}', '{"d": 5e+22}', '{"d": 9007199254740993}',
+                     '{"d": 0.30000000000000004}', '{"d": -12}', '{"d": 1.0e-22}', '{"d": 4.35e-10}'),
+    "long strings": lines(json.dumps({"s": "x" * 100_000, "t": "é" * 50_000})),
+    "empty strings": lines('{"s": "", "t": ""}', '{"s": "a"}'),
+}
+
+REFUSED = {
+    "unexpected key": lines('{"s": "a", "other": 1}'),
+    "duplicate key": lines('{"s": "a", "s": "b"}'),
+    "blank line": b'{"s": "a"}\n\n{"s": "b"}\n',
+    "blank line of spaces": b'{"s": "a"}\n   \n',
+    "not an object": lines('["a"]'),
+    "nested value": lines('{"s": {"x": 1}}'),
+    "number in a string column": lines('{"s": 1}'),
+    "string in an integer column": lines('{"i": "1"}'),
+    "fraction in an integer column": lines('{"i": 1.0}'),
+    "exponent in an integer column": lines('{"i": 1e3}'),
+    "integer overflow": lines('{"i": 9223372036854775808}'),
+    "negative overflow": lines('{"i": -9223372036854775809}'),
+    "leading zero": lines('{"i": 01}'),
+    "NaN": lines('{"d": NaN}'),
+    "Infinity": lines('{"d": Infinity}'),
+    "double overflow": lines('{"d": 1e400}'),
+    "bare point": lines('{"d": 1.}'),
+    "truthy string": lines('{"b": "true"}'),
+    "lone high surrogate": lines(r'{"s": "\ud83d x"}'),
+    "lone low surrogate": lines(r'{"s": "\ude00"}'),
+    "escaped NUL": lines(r'{"s": "a\u0000b"}'),
+    "bad escape": lines(r'{"s": "\x41"}'),
+    "raw control character": b'{"s": "a\x01b"}\n',
+    "invalid UTF-8": b'{"s": "a\xff"}\n',
+    "overlong UTF-8": b'{"s": "\xc0\xaf"}\n',
+    "UTF-8 surrogate": b'{"s": "\xed\xa0\x80"}\n',
+    "truncated UTF-8": b'{"s": "\xe2\x82"}\n',
+    "unterminated string": lines('{"s": "abc'),
+    "trailing garbage": lines('{"s": "a"} x'),
+    "two objects on a line": lines('{"s": "a"}{"s": "b"}'),
+    "missing colon": lines('{"s" "a"}'),
+    "trailing comma": lines('{"s": "a",}'),
+    "escaped key": lines(r'{"\u0073": "a"}'),
+}
+
+
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_fast_path_takes_flat_rows_and_builds_arrows_table(name):
+    assert check(ACCEPTED[name]) is not None
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_fast_path_gives_back_what_it_does_not_take(name):
+    assert _FlatRows(SCHEMA).parse(REFUSED[name]) is None
+
+
+def test_string_buffers_grow_past_a_small_first_reservation():
+    flat = _FlatRows(SCHEMA)
+    block = lines(*(json.dumps({"s": f"{i}-" + "y" * (i % 300), "t": "é" * (i % 50)}) for i in range(2000)))
+    flat.sizes = (64,) * len(SCHEMA)
+    fast = flat.parse(block)
+    assert_same(fast, arrow_table(block, SCHEMA))
+    assert flat.sizes[0] >= fast.column("s").chunk(0).buffers()[2].size  # the next block reserves what this used
+
+
+def test_schema_with_other_types_is_left_to_arrow():
+    schema = pa.schema([("s", pa.string()), ("ts", pa.timestamp("us", tz="UTC"))])
+    assert not _FlatRows(schema).usable
+    assert _FlatRows(schema).parse(lines('{"s": "a"}')) is None
+
+
+def _random_string(rng: random.Random) -> str:
+    alphabet = ["a", "Z", " ", "\"", "\\", "/", "\n", "\t", "\x7f", "é", "€", "😀", "\u2028", "\x1f", "0", "{", "}", ","]
+    return "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 40)))
+
+
+def _random_double(rng: random.Random) -> str:
+    choice = rng.randrange(5)
+    if choice == 0:  # any finite bit pattern, as Python writes it (shortest repr)
+        while True:
+            value = struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0]
+            if math.isfinite(value):
+                return repr(value)
+    if choice == 1:
+        return f"{rng.uniform(-1e6, 1e6):.{rng.randrange(0, 20)}f}"
+    if choice == 2:
+        return f"{rng.uniform(-10, 10):.{rng.randrange(1, 25)}e}".replace("e", rng.choice(["e", "E"]))
+    if choice == 3:
+        return str(rng.randrange(-10**25, 10**25))
+    return f"{rng.randrange(0, 10**rng.randrange(1, 20))}.{rng.randrange(0, 10**rng.randrange(1, 20))}e{rng.randrange(-330, 310)}"
+
+
+def test_short_decimals_round_as_arrow_rounds():
+    """Prices, scores and coordinates: the compiled path's exact shortcut for at most
+    19 significant digits and powers of ten up to 1e22."""
+    rng = random.Random(3)
+    values = []
+    for _ in range(20_000):
+        digits = rng.randrange(1, 10)
+        whole = rng.randrange(0, 10 ** rng.randrange(0, 8))
+        values.append(f"{rng.choice(['', '-'])}{whole}.{rng.randrange(0, 10 ** digits):0{digits}d}"
+                      + rng.choice(["", f"e{rng.randrange(-15, 15)}"]))
+    assert check(lines(*(f'{{"d": {v}}}' for v in values))) is not None
+
+
+def _random_row(rng: random.Random) -> str:
+    row = {}
+    for name, kind in (("s", "s"), ("i", "i"), ("d", "d"), ("b", "b"), ("t", "s")):
+        if rng.random() < 0.15:
+            continue  # missing
+        if rng.random() < 0.1:
+            row[name] = None
+        elif kind == "s":
+            row[name] = _random_string(rng)
+        elif kind == "i":
+            row[name] = rng.choice([0, 1, -1, 2**63 - 1, -2**63, rng.randrange(-2**63, 2**63)])
+        elif kind == "b":
+            row[name] = rng.random() < 0.5
+    keys = list(row)
+    rng.shuffle(keys)
+    parts = []
+    for key in keys:
+        value = row[key]
+        text = _random_double(rng) if key == "d" and value is not None else json.dumps(
+            value, ensure_ascii=rng.random() < 0.5)
+        parts.append(f'{" " * rng.randrange(2)}"{key}"{" " * rng.randrange(2)}:{" " * rng.randrange(2)}{text}')
+    return "{" + ",".join(parts) + "}"
+
+
+def test_random_rows_are_taken_and_equal_arrows():
+    rng = random.Random(20261201)
+    for _ in range(60):
+        block = lines(*(_random_row(rng) for _ in range(rng.randrange(1, 200))))
+        assert check(block) is not None, block[:300]
+
+
+def test_randomly_damaged_blocks_are_never_taken_differently():
+    """Bytes flipped, dropped or inserted: whatever the fast path still takes, Arrow takes
+    too, with the same table; most damaged blocks are given back."""
+    rng = random.Random(7)
+    taken = refused = 0
+    for _ in range(1500):
+        data = bytearray(lines(*(_random_row(rng) for _ in range(rng.randrange(1, 6)))))
+        for _ in range(rng.randrange(1, 4)):
+            at = rng.randrange(len(data))
+            op = rng.randrange(3)
+            if op == 0:
+                data[at] = rng.choice(b'"\\{}[],:0123456789.eE-+ntfaluse \n\r\t\x00\x80\xc3\xa9\xff')
+            elif op == 1:
+                del data[at]
+            else:
+                data.insert(at, rng.choice(b'"\\{},:0-.e \n'))
+        if check(bytes(data)) is None:
+            refused += 1
+        else:
+            taken += 1
+    assert taken > 100 and refused > 100, (taken, refused)
+
+
+def test_generated_uploads_take_the_fast_path_through_the_reader(tmp_path, monkeypatch):
+    out = tmp_path / "gen.jsonl"
+    from data_platform_tests.test_neardup import GEN_DATA
+
+    subprocess.run([sys.executable, str(GEN_DATA), "--rows", "30000", "--format", "jsonl", "--out", str(out), "--seed", "5"],
+                   check=True, capture_output=True)
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 1 << 20)
+    calls = []
+    original = jsonl_kernel.parse
+
+    def counted(*args):
+        result = original(*args)
+        calls.append(result is not None)
+        return result
+    monkeypatch.setattr(jsonl_kernel, "parse", counted)
+    fast = pa.concat_tables(read_tables(out, "gen.jsonl", lambda r: None))
+    assert len(calls) >= 5 and all(calls), calls  # every block after the first, none given back
+    monkeypatch.setattr(_FlatRows, "parse", lambda self, block: None)
+    assert_same(fast, pa.concat_tables(read_tables(out, "gen.jsonl", lambda r: None)))
