@@ -1,10 +1,14 @@
 /* Which free-text values may hold an email, a phone number or an IP address: the cheap
- * superset that data_platform/privacy.py runs over every text before its exact patterns
- * see the few values it selects. The same test as privacy._CANDIDATE, byte by byte:
+ * supersets that data_platform/privacy.py runs over every text before its exact patterns
+ * see the few values they select. A value's flags have a bit per kind, each the same
+ * test as its pattern in privacy._TRIGGERS, byte by byte (their union is
+ * privacy._CANDIDATE):
  *
- *     @  |  [0-9][ ./)-]\(?[0-9]  |  [0-9A-Fa-f]:[0-9A-Fa-f]  |  ::  |  \+[0-9]
+ *     email  @
+ *     ip     [0-9A-Fa-f]:[0-9A-Fa-f]  |  ::  |  [0-9]\.[0-9]
+ *     phone  [0-9][ ./)-]\(?[0-9]  |  \+[0-9]
  *
- * Every byte in it is ASCII and UTF-8 continuation or lead bytes are >= 0x80, so a byte
+ * Every byte in them is ASCII and UTF-8 continuation or lead bytes are >= 0x80, so a byte
  * scan decides exactly what RE2 decides on the UTF-8 text (the tests compare the two).
  * RE2's DFA ran at ~0.55 GB/s on the benchmark's texts; this scan skips the words of 8
  * bytes that hold no byte a match can start at. The GIL is released while scanning.
@@ -17,6 +21,7 @@
 #include "arrow_strings.h"
 
 enum { DIGIT = 1, HEX = 2, SEPARATOR = 4, START = 8 };
+enum { EMAIL = 1, IP = 2, PHONE = 4, ALL_KINDS = 7 }; /* the flags' bits */
 
 static uint8_t byte_class[256];
 
@@ -38,21 +43,21 @@ static inline int is(const uint8_t *p, int64_t i, int64_t n, int cls) {
     return i >= 0 && i < n && (byte_class[p[i]] & cls);
 }
 
-/* whether the byte at i starts a match (c = p[i] is one of the START bytes) */
-static inline int match_at(const uint8_t *p, int64_t i, int64_t n) {
+/* the kinds whose trigger starts at the byte at i (one of the START bytes) */
+static inline int kinds_at(const uint8_t *p, int64_t i, int64_t n) {
     switch (p[i]) {
     case '@':
-        return 1;
+        return EMAIL;
     case ':':
-        return (i + 1 < n && p[i + 1] == ':') || (is(p, i - 1, n, HEX) && is(p, i + 1, n, HEX));
+        return (i + 1 < n && p[i + 1] == ':') || (is(p, i - 1, n, HEX) && is(p, i + 1, n, HEX)) ? IP : 0;
     case '+':
-        return is(p, i + 1, n, DIGIT);
+        return is(p, i + 1, n, DIGIT) ? PHONE : 0;
     default: /* a digit */
         if (is(p, i + 1, n, SEPARATOR)) {
             int64_t j = i + 2;
-            if (j < n && p[j] == '(')
-                j++;
-            return is(p, j, n, DIGIT);
+            int paren = j < n && p[j] == '(';
+            if (is(p, j + paren, n, DIGIT))
+                return PHONE | (p[i + 1] == '.' && !paren ? IP : 0);
         }
         return 0;
     }
@@ -69,7 +74,8 @@ static inline uint64_t may_start(uint64_t x) {
     return ((ONES * (127 + high) - (x & ONES * 127)) & ~x & ((x & ONES * 127) + ONES * (127 - low))) & HIGHS;
 }
 
-static int may_hold_pii(const uint8_t *p, int64_t n) {
+static int kinds_in(const uint8_t *p, int64_t n) {
+    int found = 0;
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
@@ -77,19 +83,23 @@ static int may_hold_pii(const uint8_t *p, int64_t n) {
         if (!may_start(w))
             continue;
         for (int64_t k = i; k < i + 8; k++)
-            if ((byte_class[p[k]] & START) && match_at(p, k, n))
-                return 1;
+            if (byte_class[p[k]] & START) {
+                found |= kinds_at(p, k, n);
+                if (found == ALL_KINDS)
+                    return found;
+            }
     }
     for (; i < n; i++)
-        if ((byte_class[p[i]] & START) && match_at(p, i, n))
-            return 1;
-    return 0;
+        if (byte_class[p[i]] & START)
+            found |= kinds_at(p, i, n);
+    return found;
 }
 
 /* candidates(offsets, data, start, count, large, out)
  *   offsets/data: the Arrow buffers of a string (int32 offsets) or large_string (int64)
  *   array; start/count: the slots to scan; out: a writable buffer of count bytes, set to
- *   1 where the value may hold personal data, else 0 (null slots are the caller's). */
+ *   the kinds each value may hold (bits EMAIL 1, IP 2, PHONE 4; 0: none; null slots are
+ *   the caller's). */
 static PyObject *candidates(PyObject *self, PyObject *args) {
     Py_buffer offsets, data, out;
     Py_ssize_t start, count;
@@ -110,7 +120,7 @@ static PyObject *candidates(PyObject *self, PyObject *args) {
     int64_t a = offset_at(offs, large, start);
     for (Py_ssize_t i = 0; i < count; i++) {
         int64_t b = offset_at(offs, large, start + i + 1);
-        flags[i] = (uint8_t)may_hold_pii(bytes + a, b - a);
+        flags[i] = (uint8_t)kinds_in(bytes + a, b - a);
         a = b;
     }
     Py_END_ALLOW_THREADS
@@ -123,7 +133,7 @@ done:
 }
 
 static PyMethodDef methods[] = {
-    {"candidates", candidates, METH_VARARGS, "Which values of a slice of an Arrow string array may hold an email, phone or IP."},
+    {"candidates", candidates, METH_VARARGS, "The kinds of personal data (bits: email 1, ip 2, phone 4) each value of a slice of an Arrow string array may hold."},
     {NULL, NULL, 0, NULL},
 };
 
