@@ -66,12 +66,16 @@ static inline int kinds_at(const uint8_t *p, int64_t i, int64_t n) {
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
 
-/* nonzero if a byte of x lies in '+' (0x2b) .. '@' (0x40), the range that holds every
- * START byte (bytes >= 0x80 never count): most words of a text have none and are
- * skipped 8 bytes at a time (the "hasbetween" bit trick) */
-static inline uint64_t may_start(uint64_t x) {
-    const uint64_t low = 0x2a, high = 0x41; /* exclusive bounds */
-    return ((ONES * (127 + high) - (x & ONES * 127)) & ~x & ((x & ONES * 127) + ONES * (127 - low))) & HIGHS;
+/* the high bit of each byte of x that is a START byte: a digit or ':' (0x30..0x3a, the
+ * "hasbetween" bit trick, exact per byte below 0x80) or '@' or '+' (the "haszero" trick
+ * on x ^ c, exact for the lowest such byte; a later flag may be false, and the caller
+ * checks each byte). Most words of a text have none and are skipped 8 bytes at a time;
+ * in the others only the flagged bytes are looked at. */
+static inline uint64_t start_bytes(uint64_t x) {
+    const uint64_t low = 0x2f, high = 0x3b; /* exclusive bounds */
+    uint64_t seven = x & ONES * 127, at = x ^ ONES * '@', plus = x ^ ONES * '+';
+    return (((ONES * (127 + high) - seven) & ~x & (seven + ONES * (127 - low))) | ((at - ONES) & ~at)
+            | ((plus - ONES) & ~plus)) & HIGHS;
 }
 
 static int kinds_in(const uint8_t *p, int64_t n) {
@@ -80,14 +84,14 @@ static int kinds_in(const uint8_t *p, int64_t n) {
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
-        if (!may_start(w))
-            continue;
-        for (int64_t k = i; k < i + 8; k++)
+        for (uint64_t m = start_bytes(w); m; m &= m - 1) {
+            int64_t k = i + (__builtin_ctzll(m) >> 3);
             if (byte_class[p[k]] & START) {
                 found |= kinds_at(p, k, n);
                 if (found == ALL_KINDS)
                     return found;
             }
+        }
     }
     for (; i < n; i++)
         if (byte_class[p[i]] & START)
