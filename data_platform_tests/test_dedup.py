@@ -103,6 +103,14 @@ def test_hashes_ignore_column_order_but_not_names_or_values():
 
 def test_first_occurrences_within_a_table():
     assert first_occurrences(np.array([5, 3, 5, 3, 7], dtype=np.int64)).tolist() == [True, True, False, False, True]
+    assert first_occurrences(np.zeros(0, dtype=np.int64)).tolist() == []
+    assert first_occurrences(np.array([4], dtype=np.int64)).tolist() == [True]
+    # many repeats in random order (an unstable sort puts equal hashes in any order)
+    rng = np.random.default_rng(3)
+    hashes = rng.integers(-40, 40, 20_000).astype(np.int64)
+    expected = np.zeros(len(hashes), dtype=bool)
+    expected[[hashes.tolist().index(v) for v in set(hashes.tolist())]] = True
+    assert (first_occurrences(hashes) == expected).all()
 
 
 def row_index(store, catalog, tenant="acme", dataset="tickets") -> RowIndex:
