@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_platform import layout
+from data_platform._native import rowhash_kernel
 from data_platform.catalog import Catalog, IndexRun, StagedRun
 from data_platform.privacy import subject_key
 from data_platform.storage import ObjectStore
@@ -144,24 +145,24 @@ class SortedKeys:
         caller gives it up), not copied."""
         if len(keys) == 0:
             return
-        keys = keys.astype(np.int64, copy=False)
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
         self._parts.append(keys if is_sorted else np.sort(keys))
         while len(self._parts) > 1 and len(self._parts[-2]) <= 2 * len(self._parts[-1]):
             newer = self._parts.pop()
             self._parts[-1] = _merged([self._parts[-1], newer])
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        # The keys are looked up in ascending order: searching random hashes in a part of
-        # millions missed the cache at every step (2x slower for 15k keys in 2M).
+        # The keys are looked up in ascending order, each part walked once from the
+        # smallest (`found_in`): searching random hashes in a part of millions missed the
+        # cache at every step (2x slower for 15k keys in 2M), and a binary search per key
+        # in each part was still ~3x the walk.
         order = np.argsort(keys)
-        ordered = keys[order]
-        found_ordered = np.zeros(len(keys), dtype=bool)
+        ordered = np.ascontiguousarray(keys[order], dtype=np.int64)
+        found_ordered = np.zeros(len(keys), dtype=np.uint8)
         for part in self._parts:
-            at = np.searchsorted(part, ordered)
-            at[at == len(part)] = 0  # past the end: compare with any element, never equal
-            found_ordered |= part[at] == ordered if len(part) else False
-        found = np.empty_like(found_ordered)
-        found[order] = found_ordered
+            rowhash_kernel.found_in(part, ordered, found_ordered)
+        found = np.empty(len(keys), dtype=bool)
+        found[order] = found_ordered.view(bool)
         return found
 
     def sorted(self) -> np.ndarray:

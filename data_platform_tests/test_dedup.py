@@ -221,6 +221,22 @@ def test_sorted_keys_membership_across_merges():
     assert SortedKeys().contains(np.array([1, 2])).tolist() == [False, False]
 
 
+def test_sorted_lookup_kernel_matches_isin():
+    from data_platform._native import rowhash_kernel
+
+    rng = np.random.default_rng(9)
+    edges = np.array([-2**63, -2**63 + 1, -1, 0, 1, 2**63 - 2, 2**63 - 1], dtype=np.int64)
+    for n, m in ((0, 10), (10, 0), (1, 5), (300_000, 20_000), (5_000, 200_000)):
+        keys = np.sort(np.concatenate([rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64), edges[: n % 8]]))
+        queries = np.sort(np.concatenate([rng.integers(-2**63, 2**63 - 1, m, dtype=np.int64),
+                                          rng.choice(keys, min(m, len(keys))) if len(keys) else edges[:0], edges]))
+        found = np.zeros(len(queries), dtype=np.uint8)
+        rowhash_kernel.found_in(keys, queries, found)
+        assert (found.view(bool) == np.isin(queries, keys)).all(), (n, m)
+    with pytest.raises(ValueError):
+        rowhash_kernel.found_in(np.zeros(3, np.int64), np.zeros(4, np.int64), np.zeros(2, np.uint8))
+
+
 def test_concurrent_ingestions_of_one_dataset_keep_each_row_once(s3_store, postgresql_catalog):
     catalog = postgresql_catalog
     rng = np.random.default_rng(11)

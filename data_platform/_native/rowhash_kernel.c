@@ -77,8 +77,58 @@ done:
     return result;
 }
 
+/* found_in(keys, queries, found)
+ *   keys: ascending int64; queries: ascending int64; found: a writable byte per query,
+ *   set to 1 where the query is among the keys (left as it is otherwise, so that several
+ *   sorted parts can be looked up into one result).
+ * Each query gallops from where the one before it stopped: queries a few keys apart cost
+ * a few comparisons on memory just read, where numpy's searchsorted does a whole binary
+ * search per query (~3x the time on the row index's parts). */
+static PyObject *found_in(PyObject *self, PyObject *args) {
+    Py_buffer keys, queries, found;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &keys, &queries, &found))
+        return NULL;
+    PyObject *result = NULL;
+    if (keys.len % 8 || queries.len % 8 || found.len < queries.len / 8) {
+        PyErr_SetString(PyExc_ValueError, "keys and queries must be int64, found one byte per query");
+        goto done;
+    }
+    const int64_t *k = keys.buf, *q = queries.buf;
+    int64_t n = keys.len / 8, m = queries.len / 8;
+    uint8_t *f = found.buf;
+    Py_BEGIN_ALLOW_THREADS
+    int64_t lo = 0;
+    for (int64_t i = 0; i < m && lo < n; i++) {
+        int64_t v = q[i], hi = lo, step = 1;
+        while (hi < n && k[hi] < v) { /* every key below hi is below v */
+            lo = hi + 1;
+            hi = lo + step;
+            step <<= 1;
+        }
+        if (hi > n)
+            hi = n;
+        while (lo < hi) { /* the first key >= v lies in [lo, hi] */
+            int64_t mid = lo + (hi - lo) / 2;
+            if (k[mid] < v)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        if (lo < n && k[lo] == v)
+            f[i] = 1;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&keys);
+    PyBuffer_Release(&queries);
+    PyBuffer_Release(&found);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"string_hashes", string_hashes, METH_VARARGS, "DuckDB's hash() of each value of a slice of an Arrow string array."},
+    {"found_in", found_in, METH_VARARGS, "Which of ascending int64 queries are among ascending int64 keys."},
     {NULL, NULL, 0, NULL},
 };
 
