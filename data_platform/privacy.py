@@ -184,8 +184,9 @@ class Pseudonymizer:
         tenant_key = hmac.new(bytes(key), b"tenant:" + tenant.encode("utf-8"), hashlib.sha256).digest()
         # HMAC(k, m) = H((k^opad) || H((k^ipad) || m)): the compiled kernel starts every
         # value from the SHA-256 states of these two blocks and computes exactly
-        # hmac.new(k, m, sha256) for a whole column (~4M values/s per core here, against
-        # ~0.9M/s for DuckDB's sha256 and ~0.35M/s for hashlib in a Python loop).
+        # hmac.new(k, m, sha256) for a whole column (~15M short values/s per core here with
+        # the CPU's SHA instructions, ~10M/s through OpenSSL, against ~0.9M/s for DuckDB's
+        # sha256 and ~0.35M/s for hashlib in a Python loop).
         block = tenant_key.ljust(64, b"\0")
         self._ipad = bytes(b ^ 0x36 for b in block)
         self._opad = bytes(b ^ 0x5C for b in block)

@@ -123,6 +123,31 @@ def test_kernel_hmac_equals_hmac_new_across_threads_and_slices():
     assert p.pseudonymize(sliced, "email").to_pylist() == out[99_990:100_010]
 
 
+@pytest.mark.parametrize("sha_extensions", [True, False])
+def test_kernel_hmac_of_every_length_with_and_without_the_cpus_sha_instructions(sha_extensions):
+    """Values of 0 to 130 bytes (one block holds at most 55, two 119), UTF-8, in odd and
+    even counts (short values are hashed two at a time), equal Python's hmac on both of
+    the kernel's paths (the CPU's SHA instructions, where it has them, and OpenSSL)."""
+    import random
+
+    from data_platform._native import hmac_kernel
+
+    rng = random.Random(4)
+    values = ["".join(rng.choice("aZ9.@-é€😀") for _ in range(n)) for n in range(131) for _ in range(3)]
+    values = [v.encode()[:n].decode("utf-8", "ignore") for v, n in zip(values, range(len(values)))] + values
+    previous = hmac_kernel.set_sha_extensions(sha_extensions)
+    try:
+        p = Pseudonymizer(KEY, "acme")
+        key = tenant_key(KEY, "acme")
+        for count in (len(values), len(values) - 1, 1, 2, 3):
+            arr = pa.array(values[:count], pa.string())
+            out = p.pseudonymize(arr).to_pylist()
+            assert out == ["ps_" + hmac.new(key, v.strip().encode(), hashlib.sha256).hexdigest()[:32] if v.strip()
+                           else "" for v in values[:count]]
+    finally:
+        hmac_kernel.set_sha_extensions(previous)
+
+
 def test_unknown_kind_and_short_key_are_refused():
     with pytest.raises(ValueError, match="unknown PII kind"):
         Pseudonymizer(KEY, "acme").pseudonym("x", "mail")
