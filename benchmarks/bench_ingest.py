@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -203,7 +204,12 @@ def measure(name: str, inp: Path, meta: dict, moto: MotoServer | None, args) -> 
         if args.profile and name == "ours":
             cmd += ["--profile-to", str(RESULTS_DIR / f"ingest_ours_{size // 10**6}mb.prof")]
         log(f"{name}: {inp.name} ...")
+        # moto serves the S3 calls from threads of this process: its CPU while the child
+        # ran (this process does nothing else meanwhile) is what the endpoint took of the
+        # same 2 cores.
+        endpoint0 = resource.getrusage(resource.RUSAGE_SELF)
         child = run_measured(cmd, env)
+        endpoint1 = resource.getrusage(resource.RUSAGE_SELF)
         if child.returncode != 0 or not result_path.exists():
             log(f"{name}: FAILED (exit {child.returncode})")
             return {"contender": name, "input": inp.name, "input_mb": size / 1e6, "ok": False,
@@ -214,6 +220,9 @@ def measure(name: str, inp: Path, meta: dict, moto: MotoServer | None, args) -> 
     row = {"contender": name, "input": inp.name, "input_mb": size / 1e6, "ok": True, **res,
            "mb_per_s": size / 1e6 / res["seconds"], "wait4_maxrss_mb": child.wait4_maxrss_mb,
            "process_seconds": child.wall_seconds}
+    if name == "ours":
+        row["endpoint_cpu_user_seconds"] = round(endpoint1.ru_utime - endpoint0.ru_utime, 3)
+        row["endpoint_cpu_system_seconds"] = round(endpoint1.ru_stime - endpoint0.ru_stime, 3)
     log(f"{name}: {row['seconds']:.1f} s, {row['mb_per_s']:.1f} MB/s, peak RSS {row['peak_rss_mb']:.0f} MB")
     return row
 
@@ -361,7 +370,9 @@ def print_report(report: dict) -> None:
         print(f"ours on {r['input_mb']:.0f} MB: scan_landing {r['scan_seconds']:.2f} s, "
               f"ingest_pending {r['ingest_seconds']:.1f} s, {r['quarantined_rows']} rows quarantined; "
               f"untimed once-per-process setup (GX import, language model) {r.get('setup_seconds', 0):.1f} s; "
-              f"CPU {r.get('cpu_user_seconds', 0):.1f} s user + {r.get('cpu_system_seconds', 0):.1f} s system")
+              f"CPU {r.get('cpu_user_seconds', 0):.1f} s user + {r.get('cpu_system_seconds', 0):.1f} s system; "
+              f"the S3 endpoint (moto, same cores) {r.get('endpoint_cpu_user_seconds', 0):.1f} s user + "
+              f"{r.get('endpoint_cpu_system_seconds', 0):.1f} s system")
         stages = r.get("stage_seconds") or {}
         if stages:
             # Seconds inside each stage; parse and write run in their own threads, overlapping
