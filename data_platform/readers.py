@@ -285,7 +285,7 @@ class _FlatRows:
             used_sizes.append(column[4] + column[4] // 8 if kind == ord("s") else 0)
             if kind == ord("s"):
                 offsets, data, used = column[2:]
-                data.resize(used)  # give back the rest of what was reserved
+                data.resize(used, shrink_to_fit=True)  # give back the rest of what was reserved
                 buffers = [validity, offsets, data]
             else:
                 buffers = [validity, column[2]]
