@@ -49,9 +49,35 @@ typedef struct {
 typedef struct {
     Column *cols;
     int ncols;
+    uint32_t *slots; /* hash table of the names: column index + 1, 0 for none */
+    uint32_t mask;
     PyThreadState *released; /* while the GIL is released */
     int failed_alloc;        /* a Python error is set */
 } Parser;
+
+static inline uint64_t name_hash(const uint8_t *p, Py_ssize_t n) { /* FNV-1a */
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (Py_ssize_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+/* The column named key[0..len), or NULL. Keys usually come in the schema's order, so
+ * the column after the last one found is tried first; then the names' hash table (a
+ * linear search made rows with hundreds of keys in another order 4x slower than Arrow). */
+static inline Column *find_column(const Parser *ps, const uint8_t *key, Py_ssize_t len, int guess) {
+    if (guess < ps->ncols) {
+        Column *c = &ps->cols[guess];
+        if (c->name_len == len && memcmp(c->name, key, (size_t)len) == 0)
+            return c;
+    }
+    for (uint32_t h = (uint32_t)name_hash(key, len) & ps->mask; ps->slots[h]; h = (h + 1) & ps->mask) {
+        Column *c = &ps->cols[ps->slots[h] - 1];
+        if (c->name_len == len && memcmp(c->name, key, (size_t)len) == 0)
+            return c;
+    }
+    return NULL;
+}
 
 static locale_t c_locale;
 
@@ -449,18 +475,10 @@ static int parse_line(Parser *ps, int64_t row, const uint8_t *p, const uint8_t *
             const uint8_t *q = memchr(p, '"', (size_t)(end - p));
             if (!q || memchr(key, '\\', (size_t)(q - key)))
                 return 0;
-            Py_ssize_t len = q - key;
-            Column *c = NULL;
-            for (int k = 0; k < ps->ncols; k++) { /* columns usually come in schema order */
-                Column *cand = &ps->cols[(guess + k) % ps->ncols];
-                if (cand->name_len == len && memcmp(cand->name, key, (size_t)len) == 0) {
-                    c = cand;
-                    guess = (int)(cand - ps->cols) + 1;
-                    break;
-                }
-            }
+            Column *c = find_column(ps, key, q - key, guess);
             if (!c || c->seen_row == row)
                 return 0;
+            guess = (int)(c - ps->cols) + 1;
             c->seen_row = row;
             seen++;
             p = skip_ws(q + 1, end);
@@ -513,6 +531,7 @@ static PyObject *parse(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     Column *cols = NULL;
+    uint32_t *slots = NULL;
     int ncols = (int)kinds.len;
     const uint8_t *data = block.buf, *end = data + block.len;
     if (PyTuple_GET_SIZE(names) != ncols || PyTuple_GET_SIZE(sizes) != ncols || ncols == 0) {
@@ -573,7 +592,21 @@ static PyObject *parse(PyObject *self, PyObject *args) {
             ((int32_t *)c->out)[0] = 0;
         }
     }
-    Parser ps = {cols, ncols, NULL, 0};
+    uint32_t nslots = 16;
+    while (nslots < 2 * (uint32_t)ncols)
+        nslots <<= 1;
+    slots = PyMem_Calloc(nslots, sizeof(uint32_t));
+    if (!slots) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (int k = 0; k < ncols; k++) {
+        uint32_t h = (uint32_t)name_hash((const uint8_t *)cols[k].name, cols[k].name_len) & (nslots - 1);
+        while (slots[h])
+            h = (h + 1) & (nslots - 1);
+        slots[h] = (uint32_t)k + 1;
+    }
+    Parser ps = {cols, ncols, slots, nslots - 1, NULL, 0};
     int ok = 1;
     ps.released = PyEval_SaveThread();
     int64_t row = 0;
@@ -608,6 +641,7 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     }
     result = Py_BuildValue("(LN)", (long long)rows, columns);
 done:
+    PyMem_Free(slots);
     if (cols)
         release_columns(cols, ncols);
     PyBuffer_Release(&block);
