@@ -253,6 +253,9 @@ def _parse_json(data, schema: pa.Schema | None, *, new_fields: bool = False) -> 
                             read_options=pajson.ReadOptions(block_size=max(len(data), 1 << 20)))
 
 
+FLAT_ROWS_GIVE_UP = 4  # blocks the fast path gave back, more than it took, before it stops trying
+
+
 class _FlatRows:
     """The compiled fast path for blocks of a schema whose columns are all strings,
     int64, doubles or booleans (`_native/jsonl_kernel.c`): one pass into Arrow buffers
@@ -270,6 +273,7 @@ class _FlatRows:
         # String bytes each column reserves at first: an even share of the block, then
         # what the previous block used plus 1/8 (each growth is a copy).
         self.sizes: tuple[int, ...] | None = None
+        self.taken = self.refused = 0
 
     def parse(self, block) -> pa.Table | None:
         if not self.usable:
@@ -277,7 +281,12 @@ class _FlatRows:
         sizes = self.sizes or (len(block) // len(self.schema),) * len(self.schema)
         parsed = jsonl_kernel.parse(block, self.kinds, self.names, sizes, _allocate_resizable)
         if parsed is None:
+            # A file whose blocks the kernel keeps giving back (escaped keys, say) would
+            # pay for both parsers on every block: it is left to Arrow from then on.
+            self.refused += 1
+            self.usable = self.refused < FLAT_ROWS_GIVE_UP or self.refused <= self.taken
             return None
+        self.taken += 1
         rows, columns = parsed
         arrays, used_sizes = [], []
         for field, kind, column in zip(self.schema, self.kinds, columns):

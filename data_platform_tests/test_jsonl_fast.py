@@ -143,6 +143,21 @@ def test_many_columns_in_any_order():
     assert check(lines(*rows), schema) is not None
 
 
+def test_a_file_the_fast_path_keeps_giving_back_is_left_to_arrow(tmp_path, monkeypatch):
+    """Every block ends with a row the kernel does not take (an escaped key): after a few
+    blocks it is not asked again, and the tables are Arrow's all along."""
+    monkeypatch.setattr(readers, "BLOCK_BYTES", 1 << 16)
+    rows = [json.dumps({"s": f"v{i}", "i": i}) if i % 300 else r'{"\u0073": "escaped", "i": 0}' for i in range(1, 12_000)]
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(lines(*rows))
+    calls = []
+    original = jsonl_kernel.parse
+    monkeypatch.setattr(jsonl_kernel, "parse", lambda *a: calls.append(1) or original(*a))
+    table = pa.concat_tables(read_tables(path, "a.jsonl", lambda r: None))
+    assert table.num_rows == len(rows) and table.column("s").to_pylist()[:2] == ["v1", "v2"]
+    assert 4 <= len(calls) <= 6, len(calls)  # of ~17 blocks
+
+
 def test_schema_with_other_types_is_left_to_arrow():
     schema = pa.schema([("s", pa.string()), ("ts", pa.timestamp("us", tz="UTC"))])
     assert not _FlatRows(schema).usable
