@@ -117,6 +117,15 @@ def test_fast_path_gives_back_what_it_does_not_take(name):
     assert _FlatRows(SCHEMA).parse(REFUSED[name]) is None
 
 
+def test_a_wrong_newline_count_gives_the_block_back():
+    block = lines('{"s": "a"}', '{"s": "b"}', '{"s": "c"}')
+    assert jsonl_kernel.count_lines(block) == 3 and jsonl_kernel.count_lines(block[:-1]) == 2
+    flat = _FlatRows(SCHEMA)
+    assert flat.parse(block, 3).num_rows == 3
+    assert flat.parse(block, 2) is None and flat.parse(block, 4) is None
+    assert flat.parse(block[:-1], 2).num_rows == 3  # the last line without its newline
+
+
 def test_string_buffers_grow_past_a_small_first_reservation():
     flat = _FlatRows(SCHEMA)
     block = lines(*(json.dumps({"s": f"{i}-" + "y" * (i % 300), "t": "é" * (i % 50)}) for i in range(2000)))
@@ -270,5 +279,5 @@ def test_generated_uploads_take_the_fast_path_through_the_reader(tmp_path, monke
     monkeypatch.setattr(jsonl_kernel, "parse", counted)
     fast = pa.concat_tables(read_tables(out, "gen.jsonl", lambda r: None))
     assert len(calls) >= 5 and all(calls), calls  # every block after the first, none given back
-    monkeypatch.setattr(_FlatRows, "parse", lambda self, block: None)
+    monkeypatch.setattr(_FlatRows, "parse", lambda self, block, newlines=-1: None)
     assert_same(fast, pa.concat_tables(read_tables(out, "gen.jsonl", lambda r: None)))

@@ -517,17 +517,41 @@ static void release_columns(Column *cols, int n) {
     PyMem_Free(cols);
 }
 
-/* parse(block, kinds: bytes, names: tuple[bytes], sizes: tuple[int], allocate)
+static int64_t newlines_in(const uint8_t *p, const uint8_t *end) {
+    int64_t n = 0;
+    while (p < end && (p = memchr(p, '\n', (size_t)(end - p)))) {
+        n++;
+        p++;
+    }
+    return n;
+}
+
+/* count_lines(buffer) -> the number of newline bytes in it (the GIL released). */
+static PyObject *count_lines(PyObject *self, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int64_t n;
+    Py_BEGIN_ALLOW_THREADS
+    n = newlines_in(view.buf, (const uint8_t *)view.buf + view.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    return PyLong_FromLongLong(n);
+}
+
+/* parse(block, kinds: bytes, names: tuple[bytes], sizes: tuple[int], allocate, newlines=-1)
  *     -> None | (rows, columns)
  * sizes: the bytes of string data to reserve per column at first (grown as needed: the
- * caller passes what the previous block used). columns[i]: (validity, null_count,
- * offsets, data, data_bytes) for a string column, (validity, null_count, values)
- * otherwise; buffers from allocate(size) (resizable). */
+ * caller passes what the previous block used). newlines: the block's newline count if
+ * the caller has it (else counted here; a wrong count gives None, never a bad table).
+ * columns[i]: (validity, null_count, offsets, data, data_bytes) for a string column,
+ * (validity, null_count, values) otherwise; buffers from allocate(size) (resizable). */
 static PyObject *parse(PyObject *self, PyObject *args) {
     Py_buffer block, kinds;
     PyObject *names, *sizes, *allocator;
-    if (!PyArg_ParseTuple(args, "y*y*O!O!O", &block, &kinds, &PyTuple_Type, &names, &PyTuple_Type, &sizes,
-                          &allocator))
+    long long newlines = -1;
+    if (!PyArg_ParseTuple(args, "y*y*O!O!O|L", &block, &kinds, &PyTuple_Type, &names, &PyTuple_Type, &sizes,
+                          &allocator, &newlines))
         return NULL;
     PyObject *result = NULL;
     Column *cols = NULL;
@@ -539,12 +563,9 @@ static PyObject *parse(PyObject *self, PyObject *args) {
         goto done;
     }
     /* rows: lines, the last one possibly without its newline */
-    int64_t rows = 0;
-    for (const uint8_t *p = data; p < end;) {
-        const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
-        rows++;
-        p = nl ? nl + 1 : end;
-    }
+    if (newlines < 0)
+        newlines = newlines_in(data, end);
+    int64_t rows = newlines + (block.len > 0 && end[-1] != '\n');
     if (rows == 0) {
         result = Py_NewRef(Py_None);
         goto done;
@@ -611,11 +632,16 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     ps.released = PyEval_SaveThread();
     int64_t row = 0;
     for (const uint8_t *p = data; p < end && ok; row++) {
+        if (row >= rows) { /* more lines than the caller counted */
+            ok = 0;
+            break;
+        }
         const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
         const uint8_t *line_end = nl ? nl : end;
         ok = parse_line(&ps, row, p, line_end);
         p = nl ? nl + 1 : end;
     }
+    ok = ok && row == rows;
     PyEval_RestoreThread(ps.released);
     if (ps.failed_alloc)
         goto done;
@@ -651,6 +677,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"parse", parse, METH_VARARGS, "Parse a JSON Lines block of flat rows into Arrow buffers, or None."},
+    {"count_lines", count_lines, METH_O, "The number of newline bytes in a buffer."},
     {NULL, NULL, 0, NULL},
 };
 
