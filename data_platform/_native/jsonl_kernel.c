@@ -281,14 +281,17 @@ static const uint8_t *parse_string(Parser *ps, Column *c, const uint8_t *p, cons
 
 static inline int is_digit(uint8_t c) { return c >= '0' && c <= '9'; }
 
+/* A JSON number's start: past its sign (*neg set), at its first digit; NULL if none. */
+static inline const uint8_t *number_start(const uint8_t *p, const uint8_t *end, int *neg) {
+    *neg = p < end && *p == '-';
+    p += *neg;
+    return p < end && is_digit(*p) ? p : NULL;
+}
+
 /* A JSON integer into int64; NULL if not one, out of range, or a fraction/exponent. */
 static const uint8_t *parse_int(const uint8_t *p, const uint8_t *end, int64_t *out) {
-    int neg = 0;
-    if (p < end && *p == '-') {
-        neg = 1;
-        p++;
-    }
-    if (p >= end || !is_digit(*p))
+    int neg;
+    if (!(p = number_start(p, end, &neg)))
         return NULL;
     uint64_t v = 0;
     if (*p == '0') {
@@ -319,12 +322,8 @@ static const double POW10[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,  1
  * not a JSON number, not finite, or underflowing. */
 static const uint8_t *parse_double(const uint8_t *p, const uint8_t *end, double *out) {
     const uint8_t *start = p;
-    int neg = 0;
-    if (p < end && *p == '-') {
-        neg = 1;
-        p++;
-    }
-    if (p >= end || !is_digit(*p))
+    int neg;
+    if (!(p = number_start(p, end, &neg)))
         return NULL;
     /* significant digits (leading zeros skipped) into mantissa, up to 19 of them; with
      * more, only the slow path below can round correctly */
