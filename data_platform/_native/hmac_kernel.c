@@ -223,7 +223,7 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
     const unsigned char *d = (const unsigned char *)data.buf;
 
     Py_BEGIN_ALLOW_THREADS
-    SHA256_CTX inner0, outer0, c;
+    SHA256_CTX inner0, outer0;
     unsigned char digest[SHA256_DIGEST_LENGTH];
     SHA256_Init(&inner0);
     SHA256_Update(&inner0, ipad.buf, SHA256_CBLOCK);
@@ -236,8 +236,9 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
         o[i + 1] = pos;
     }
 #ifdef SHANI
+    const int use_sha = sha_extensions; /* read once: a call never mixes the two paths' setup */
     ShaState inner_mid, outer_mid;
-    if (sha_extensions) {
+    if (use_sha) {
         inner_mid = midstate(ipad.buf);
         outer_mid = midstate(opad.buf);
     }
@@ -250,7 +251,7 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
             continue;
         }
 #ifdef SHANI
-        if (sha_extensions && b - a <= SHANI_MAX_VALUE) {
+        if (use_sha && b - a <= SHANI_MAX_VALUE) {
             if (waiting < 0) {
                 waiting = i;
                 continue;
@@ -276,7 +277,6 @@ static PyObject *pseudonyms(PyObject *self, PyObject *args) {
         emit(digest, w + o[waiting], prefix.buf, prefix.len, hex_chars, &keys[waiting]);
     }
 #endif
-    (void)c;
     Py_END_ALLOW_THREADS
 
     result = PyTuple_Pack(3, out_offsets, out_data, out_keys);
