@@ -256,16 +256,23 @@ FLAT_ROWS_GIVE_UP = 4  # blocks the fast path gave back, more than it took, befo
 
 class _FlatRows:
     """The compiled fast path for blocks of a schema whose columns are all strings,
-    int64, doubles or booleans (`_native/jsonl_kernel.c`): one pass into Arrow buffers
-    (~4x Arrow's reader on the benchmark's rows). It takes only a strict subset of JSON
-    (see the kernel) and gives None for anything else: that block goes to Arrow's
-    reader, so a table from here is always the one Arrow would have built."""
+    int64, doubles, booleans or timestamps (`_native/jsonl_kernel.c`): one pass into
+    Arrow buffers (~4x Arrow's reader on the benchmark's rows). Timestamps are Arrow's to
+    convert (its ISO 8601 parser decides what is one): the kernel copies their raw tokens
+    into a small side JSON Lines buffer that Arrow's reader parses. It takes only a
+    strict subset of JSON (see the kernel) and gives None for anything else: that block
+    goes to Arrow's reader, so a table from here is always the one Arrow would have built."""
 
     KINDS = {pa.string(): "s", pa.int64(): "i", pa.float64(): "d", pa.bool_(): "b"}
 
+    @classmethod
+    def _kind(cls, t: pa.DataType) -> str:
+        return "t" if pa.types.is_timestamp(t) else cls.KINDS.get(t, "?")
+
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        self.kinds = "".join(self.KINDS.get(f.type, "?") for f in schema).encode()
+        self.kinds = "".join(self._kind(f.type) for f in schema).encode()
+        self.side_schema = pa.schema([f for f, k in zip(schema, self.kinds) if k == ord("t")])
         self.names = tuple(f.name.encode("utf-8") for f in schema)
         self.usable = len(schema) > 0 and b"?" not in self.kinds
         # String bytes each column reserves at first: an even share of the block, then
@@ -280,6 +287,14 @@ class _FlatRows:
             return None
         sizes = self.sizes or (len(block) // len(self.schema),) * len(self.schema)
         parsed = jsonl_kernel.parse(block, self.kinds, self.names, sizes, _allocate_resizable, newlines)
+        side = None
+        if parsed is not None and self.side_schema:
+            try:
+                side = _parse_json(parsed[2].slice(0, parsed[3]), self.side_schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                parsed = None  # not a timestamp to Arrow: the block is Arrow's whole
+            else:
+                parsed = parsed if side.num_rows == parsed[0] else None
         if parsed is None:
             # A file whose blocks the kernel keeps giving back (escaped keys, say) would
             # pay for both parsers on every block: it is left to Arrow from then on.
@@ -287,9 +302,13 @@ class _FlatRows:
             self.usable = self.refused < FLAT_ROWS_GIVE_UP or self.refused <= self.taken
             return None
         self.taken += 1
-        rows, columns = parsed
+        rows, columns = parsed[:2]
         arrays, used_sizes = [], []
         for field, kind, column in zip(self.schema, self.kinds, columns):
+            if kind == ord("t"):
+                arrays.append(side.column(field.name).combine_chunks())
+                used_sizes.append(0)
+                continue
             validity, nulls = column[0], column[1]
             if kind == ord("s"):
                 offsets, data, used = column[2:]

@@ -168,9 +168,76 @@ def test_a_file_the_fast_path_keeps_giving_back_is_left_to_arrow(tmp_path, monke
 
 
 def test_schema_with_other_types_is_left_to_arrow():
-    schema = pa.schema([("s", pa.string()), ("ts", pa.timestamp("us", tz="UTC"))])
+    schema = pa.schema([("s", pa.string()), ("tags", pa.list_(pa.string()))])
     assert not _FlatRows(schema).usable
     assert _FlatRows(schema).parse(lines('{"s": "a"}')) is None
+
+
+TIMESTAMPS = pa.schema([("s", pa.string()), ("at", pa.timestamp("us", tz="UTC")), ("i", pa.int64()),
+                        ("day", pa.timestamp("us", tz="UTC"))])
+
+
+def test_timestamps_are_converted_by_arrow_from_their_raw_tokens():
+    """Timestamp columns go to Arrow's reader as a side JSON Lines of their raw tokens:
+    every form Arrow takes (offsets, fractions, a space, dates alone, escapes), nulls and
+    missing keys, in any key order, give Arrow's table."""
+    block = lines(
+        '{"s": "a", "at": "2024-08-16T00:33:43Z", "i": 1, "day": "2024-08-16"}',
+        '{"at": "2024-08-16 00:33:43", "s": "b"}',
+        '{"at": "2024-02-29T23:59:59.123456+02:00", "day": null}',
+        r'{"day": "2024-01-01T00:00:00\u005a", "at": null, "s": "q\"uote"}',
+        '{"i": 5}',
+        '{"at": "1970-01-01T00:00:00.5-11:30", "day": "2000-12-31T23:59", "i": -3}',
+    )
+    table = check(block, TIMESTAMPS)
+    assert table is not None and table.column("at").null_count == 2
+
+
+@pytest.mark.parametrize("row", ['{"at": "not a date"}', '{"at": "2024-02-30T00:00:00Z"}', '{"at": 1723768423}',
+                                 '{"at": true}', '{"at": "2024-08-16T00:33:43Z" "x"}'])
+def test_a_timestamp_arrow_refuses_gives_the_block_back(row):
+    block = lines('{"s": "a", "at": "2024-08-16T00:33:43Z"}', row)
+    assert _FlatRows(TIMESTAMPS).parse(block) is None
+
+
+def test_damaged_timestamp_blocks_are_never_taken_differently():
+    rng = random.Random(8)
+    taken = refused = 0
+    for _ in range(600):
+        rows = [json.dumps({"at": f"20{rng.randrange(10, 30)}-0{rng.randrange(1, 10)}-1{rng.randrange(10)}T0{rng.randrange(10)}:30:00Z",
+                            "s": "x", "day": "2024-05-06"}) for _ in range(rng.randrange(1, 5))]
+        data = bytearray(lines(*rows))
+        for _ in range(rng.randrange(1, 3)):
+            at = rng.randrange(len(data))
+            if rng.random() < 0.5:
+                data[at] = rng.choice(b'"\\{}:,0123456789-TZ+ \n')
+            else:
+                del data[at]
+        if check(bytes(data), TIMESTAMPS) is None:
+            refused += 1
+        else:
+            taken += 1
+    assert taken > 50 and refused > 50, (taken, refused)
+
+
+def test_random_timestamps_equal_arrows():
+    rng = random.Random(21)
+    rows = []
+    for _ in range(3000):
+        when = f"{rng.randrange(1900, 2100):04d}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+        time = rng.choice(["", "minutes", "seconds", "fraction"])
+        if time:
+            when += f"{rng.choice('T ')}{rng.randrange(24):02d}:{rng.randrange(60):02d}"
+        if time in ("seconds", "fraction"):
+            when += f":{rng.randrange(60):02d}" + (f".{rng.randrange(10**6):06d}" if time == "fraction" else "")
+        if time:
+            when += rng.choice(["", "Z", "+05:30", "-0800"])
+        row = {"at": when, "i": rng.randrange(100)}
+        if rng.random() < 0.2:
+            row["day"] = when[:10]
+        rows.append(json.dumps(row))
+    assert arrow_table(lines(*rows), TIMESTAMPS) is not None  # every form is one Arrow takes
+    assert check(lines(*rows), TIMESTAMPS) is not None
 
 
 def _random_string(rng: random.Random) -> str:
@@ -262,12 +329,15 @@ def test_randomly_damaged_blocks_are_never_taken_differently():
     assert taken > 100 and refused > 100, (taken, refused)
 
 
-def test_generated_uploads_take_the_fast_path_through_the_reader(tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad_rate, created_at", [("0.01", pa.string()), ("0", pa.timestamp("us", tz="UTC"))])
+def test_generated_uploads_take_the_fast_path_through_the_reader(tmp_path, monkeypatch, bad_rate, created_at):
+    """The generator's rows: with malformed timestamps in the first block `created_at` is
+    text; without, a timestamp column (its tokens converted by Arrow)."""
     out = tmp_path / "gen.jsonl"
     from data_platform_tests.test_neardup import GEN_DATA
 
-    subprocess.run([sys.executable, str(GEN_DATA), "--rows", "30000", "--format", "jsonl", "--out", str(out), "--seed", "5"],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, str(GEN_DATA), "--rows", "30000", "--format", "jsonl", "--out", str(out), "--seed", "5",
+                    "--bad-rate", bad_rate], check=True, capture_output=True)
     monkeypatch.setattr(readers, "BLOCK_BYTES", 1 << 20)
     calls = []
     original = jsonl_kernel.parse
@@ -279,5 +349,6 @@ def test_generated_uploads_take_the_fast_path_through_the_reader(tmp_path, monke
     monkeypatch.setattr(jsonl_kernel, "parse", counted)
     fast = pa.concat_tables(read_tables(out, "gen.jsonl", lambda r: None))
     assert len(calls) >= 5 and all(calls), calls  # every block after the first, none given back
+    assert fast.schema.field("created_at").type == created_at
     monkeypatch.setattr(_FlatRows, "parse", lambda self, block, newlines=-1: None)
     assert_same(fast, pa.concat_tables(read_tables(out, "gen.jsonl", lambda r: None)))

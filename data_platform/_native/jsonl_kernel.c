@@ -30,7 +30,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { KIND_STRING = 's', KIND_INT = 'i', KIND_DOUBLE = 'd', KIND_BOOL = 'b' };
+/* KIND_ARROW: a column whose JSON strings only Arrow may convert (timestamps: its ISO
+ * 8601 parser decides what is a timestamp): each row's raw tokens of such columns go to
+ * a side JSON Lines buffer that the caller has Arrow's reader parse. */
+enum { KIND_STRING = 's', KIND_INT = 'i', KIND_DOUBLE = 'd', KIND_BOOL = 'b', KIND_ARROW = 't' };
 
 typedef struct {
     char kind;
@@ -49,6 +52,8 @@ typedef struct {
 typedef struct {
     Column *cols;
     int ncols;
+    Column *side;    /* the side JSON Lines of KIND_ARROW columns (its data), or NULL */
+    int side_values; /* written into the current row's side line */
     uint32_t *slots; /* hash table of the names: column index + 1, 0 for none */
     uint32_t mask;
     PyThreadState *released; /* while the GIL is released */
@@ -440,6 +445,28 @@ static const uint8_t *parse_value(Parser *ps, Column *c, int64_t row, const uint
     case KIND_DOUBLE:
         p = parse_double(p, end, &((double *)c->out)[row]);
         break;
+    case KIND_ARROW: { /* the string's raw token, "name":token, into this row's side line */
+        if (p >= end || *p != '"')
+            return NULL;
+        const uint8_t *q = p + 1;
+        while (q < end && *q != '"')
+            q += *q == '\\' ? 2 : 1;
+        if (q >= end)
+            return NULL;
+        q++;
+        Column *side = ps->side;
+        uint8_t *o = side->chars + side->used;
+        if (ps->side_values++)
+            *o++ = ',';
+        *o++ = '"';
+        memcpy(o, c->name, (size_t)c->name_len);
+        o += c->name_len;
+        *o++ = '"';
+        *o++ = ':';
+        memcpy(o, p, (size_t)(q - p));
+        side->used = (o + (q - p)) - side->chars;
+        return q; /* validity and values: Arrow's */
+    }
     case KIND_BOOL:
         if (literal(p, end, "true", 4)) {
             c->out[row >> 3] |= (uint8_t)(1u << (row & 7));
@@ -459,6 +486,13 @@ static const uint8_t *parse_value(Parser *ps, Column *c, int64_t row, const uint
 
 /* One line (without its newline) as row `row`; 0 if outside the fast path. */
 static int parse_line(Parser *ps, int64_t row, const uint8_t *p, const uint8_t *end) {
+    if (ps->side) {
+        /* a side line is at most the line plus "{}\n": each "name":token is copied from it */
+        if (!reserve(ps, ps->side, (end - p) + 3))
+            return 0;
+        ps->side->chars[ps->side->used++] = '{';
+        ps->side_values = 0;
+    }
     p = skip_ws(p, end);
     if (p >= end || *p != '{')
         return 0;
@@ -500,6 +534,10 @@ static int parse_line(Parser *ps, int64_t row, const uint8_t *p, const uint8_t *
     }
     if (skip_ws(p, end) != end)
         return 0;
+    if (ps->side) {
+        ps->side->chars[ps->side->used++] = '}';
+        ps->side->chars[ps->side->used++] = '\n';
+    }
     if (seen < ps->ncols)
         for (int k = 0; k < ps->ncols; k++)
             if (ps->cols[k].seen_row != row)
@@ -539,12 +577,14 @@ static PyObject *count_lines(PyObject *self, PyObject *arg) {
 }
 
 /* parse(block, kinds: bytes, names: tuple[bytes], sizes: tuple[int], allocate, newlines=-1)
- *     -> None | (rows, columns)
+ *     -> None | (rows, columns, side, side_bytes)
  * sizes: the bytes of string data to reserve per column at first (grown as needed: the
  * caller passes what the previous block used). newlines: the block's newline count if
  * the caller has it (else counted here; a wrong count gives None, never a bad table).
  * columns[i]: (validity, null_count, offsets, data, data_bytes) for a string column,
- * (validity, null_count, values) otherwise; buffers from allocate(size) (resizable). */
+ * None for a KIND_ARROW one, (validity, null_count, values) otherwise; buffers from
+ * allocate(size) (resizable). side: the KIND_ARROW columns' JSON Lines, a line per row
+ * (side_bytes of it written), or None without such columns. */
 static PyObject *parse(PyObject *self, PyObject *args) {
     Py_buffer block, kinds;
     PyObject *names, *sizes, *allocator;
@@ -553,7 +593,7 @@ static PyObject *parse(PyObject *self, PyObject *args) {
                           &allocator, &newlines))
         return NULL;
     PyObject *result = NULL;
-    Column *cols = NULL;
+    Column *cols = NULL, side = {0};
     uint32_t *slots = NULL;
     int ncols = (int)kinds.len;
     const uint8_t *data = block.buf, *end = data + block.len;
@@ -591,6 +631,13 @@ static PyObject *parse(PyObject *self, PyObject *args) {
         case KIND_STRING: values = 4 * (rows + 1); break;
         case KIND_INT: case KIND_DOUBLE: values = 8 * rows; break;
         case KIND_BOOL: values = bitmap; break;
+        case KIND_ARROW:
+            if (!side.data) {
+                side.cap = block.len / 4 + 64; /* grown by the rows as they come */
+                if (!(side.data = allocate(allocator, side.cap)) || !(side.chars = address(side.data)))
+                    goto done;
+            }
+            continue;
         default:
             PyErr_Format(PyExc_ValueError, "unknown kind %c", c->kind);
             goto done;
@@ -626,7 +673,7 @@ static PyObject *parse(PyObject *self, PyObject *args) {
             h = (h + 1) & (nslots - 1);
         slots[h] = (uint32_t)k + 1;
     }
-    Parser ps = {cols, ncols, slots, nslots - 1, NULL, 0};
+    Parser ps = {cols, ncols, side.data ? &side : NULL, 0, slots, nslots - 1, NULL, 0};
     int ok = 1;
     ps.released = PyEval_SaveThread();
     int64_t row = 0;
@@ -653,6 +700,10 @@ static PyObject *parse(PyObject *self, PyObject *args) {
         goto done;
     for (int k = 0; k < ncols; k++) {
         Column *c = &cols[k];
+        if (c->kind == KIND_ARROW) {
+            PyList_SET_ITEM(columns, k, Py_NewRef(Py_None));
+            continue;
+        }
         PyObject *validity = c->nulls ? c->validity : Py_None;
         PyObject *item = c->kind == KIND_STRING
                              ? Py_BuildValue("(OLOOL)", validity, (long long)c->nulls, c->values, c->data,
@@ -664,8 +715,10 @@ static PyObject *parse(PyObject *self, PyObject *args) {
         }
         PyList_SET_ITEM(columns, k, item);
     }
-    result = Py_BuildValue("(LN)", (long long)rows, columns);
+    result = side.data ? Py_BuildValue("(LNOL)", (long long)rows, columns, side.data, (long long)side.used)
+                       : Py_BuildValue("(LNOL)", (long long)rows, columns, Py_None, 0LL);
 done:
+    Py_XDECREF(side.data);
     PyMem_Free(slots);
     if (cols)
         release_columns(cols, ncols);
