@@ -276,7 +276,7 @@ class _FlatRows:
         self.names = tuple(f.name.encode("utf-8") for f in schema)
         self.usable = len(schema) > 0 and b"?" not in self.kinds
         # String bytes each column reserves at first: an even share of the block, then
-        # what the previous block used plus 1/8 (each growth is a copy).
+        # what the previous block used plus 1/8 (each growth is a copy, with the GIL).
         self.sizes: tuple[int, ...] | None = None
         self.taken = self.refused = 0
 
@@ -285,7 +285,9 @@ class _FlatRows:
         newline count, if known."""
         if not self.usable:
             return None
-        sizes = self.sizes or (len(block) // len(self.schema),) * len(self.schema)
+        share = len(block) // len(self.schema)
+        # at least a quarter share each: a column empty in one block may be long in the next
+        sizes = tuple(max(size, share // 4) for size in self.sizes) if self.sizes else (share,) * len(self.schema)
         parsed = jsonl_kernel.parse(block, self.kinds, self.names, sizes, _allocate_resizable, newlines)
         side = None
         if parsed is not None and self.side_schema:
