@@ -102,7 +102,6 @@ _ANY = "|".join(f"(?:{p})" for p in PATTERNS.values())
 # what a pattern matches after an earlier one replaced was there, with its trigger, before.
 _TRIGGERS = {"email": r"@", "ip": r"[0-9A-Fa-f]:[0-9A-Fa-f]|::|[0-9]\.[0-9]",
              "phone": r"[0-9][ ./)-]\(?[0-9]|\+[0-9]"}
-_CANDIDATE = "|".join(_TRIGGERS.values())
 _KIND_BITS = {"email": 1, "ip": 2, "phone": 4}  # of the kernel's flags
 _PLACEHOLDERS = {"email": "[email]", "ip": "[ip]", "phone": "[phone]"}
 
@@ -294,11 +293,6 @@ def pii_kinds(array) -> np.ndarray:
     if arr.null_count:
         flags[~arr.is_valid().to_numpy(zero_copy_only=False)] = 0
     return flags
-
-
-def may_hold_pii(array) -> pa.BooleanArray:
-    """Whether each text may hold an email, phone or IP: `_CANDIDATE` matches (null: false)."""
-    return pa.array(pii_kinds(array) != 0)
 
 
 @functools.cache

@@ -1,8 +1,8 @@
 /* Which free-text values may hold an email, a phone number or an IP address: the cheap
  * supersets that data_platform/privacy.py runs over every text before its exact patterns
  * see the few values they select. A value's flags have a bit per kind, each the same
- * test as its pattern in privacy._TRIGGERS, byte by byte (their union is
- * privacy._CANDIDATE):
+ * test as its pattern in privacy._TRIGGERS, byte by byte (a value with no bit set is
+ * not looked at again):
  *
  *     email  @
  *     ip     [0-9A-Fa-f]:[0-9A-Fa-f]  |  ::  |  [0-9]\.[0-9]
