@@ -97,7 +97,7 @@ from data_platform.catalog import (
     ERASURE_DONE, ERASURE_STARTED, INGESTED, QUARANTINED, Catalog, ErasureLeaseLost, RetentionMove, Upload,
     fewer_counts,
 )
-from data_platform.indexes import SUBJECTS, uploads_holding_subject
+from data_platform.indexes import RUN_PARQUET_OPTIONS, SUBJECTS, uploads_holding_subject
 from data_platform.privacy import (
     REDACTED, Pseudonymizer, kind_of_value, redact_pattern, sorted_distinct, subject_keys_of, value_pattern,
     value_regex,
@@ -677,7 +677,7 @@ class _Run:
                     pa.array(shifted[keep], run.schema.field("row").type))
                 new = new.replace_schema_metadata(run.schema.metadata)
             new_local = self._tmp / f"run-{kind}.new.parquet"
-            pq.write_table(new, new_local, compression="none")  # as indexes.RunStore writes runs
+            pq.write_table(new, new_local, **RUN_PARQUET_OPTIONS)
             step = _Step(key, f"index_run:{kind}", REWRITTEN, WRITING, u.id, {
                 "before": {"key": key, "sha256": current_sha, "rows": run.num_rows, "bytes": local.stat().st_size},
                 "after": {"key": key, "sha256": _sha(new_local), "rows": new.num_rows,

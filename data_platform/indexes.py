@@ -101,15 +101,23 @@ class RunStore:
         return RunWriter(self.store, self.kind, key, schema)
 
 
+# How index runs are written. Hashes neither compress nor repeat: uncompressed pages
+# read fastest, and a dictionary attempt (Parquet's default) only built a hash table
+# of distinct keys to give it up at its size limit: writing a 1.9M-key row-index run
+# took 61 ms with it, 6 ms without (a 200k-row near-duplicate run 67 -> 9 ms), all of
+# it at the end of an upload, where nothing overlaps it.
+RUN_PARQUET_OPTIONS = {"compression": "none", "use_dictionary": False}
+
+
 class RunWriter:
     """A run streamed to the store as its batches come, never whole in memory (a 2M-row
     row-index run is 16 MB, a 200k-row near-duplicate run ~20 MB); the object exists
-    only once committed. Hashes do not compress; uncompressed pages also read fastest."""
+    only once committed."""
 
     def __init__(self, store: ObjectStore, kind: str, key: str, schema: pa.Schema):
         self.kind, self.key, self.rows = kind, key, 0
         self._sink = store.open_write(key)
-        self._writer = pq.ParquetWriter(self._sink, schema, compression="none")
+        self._writer = pq.ParquetWriter(self._sink, schema, **RUN_PARQUET_OPTIONS)
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)

@@ -302,9 +302,11 @@ def _pool() -> ThreadPoolExecutor:
 
 def sorted_distinct(keys: np.ndarray, *, sorted_runs: bool = False, in_place: bool = False) -> np.ndarray:
     """Sorted distinct keys (np.unique's hash table was ~3x slower on these). With
-    `sorted_runs` (a concatenation of sorted arrays) a merging sort (timsort) is used:
-    ~5-9x faster than quicksort on those. With `in_place`, `keys` is sorted where it is
-    (no full-size copy)."""
+    `sorted_runs` (a concatenation of a few sorted arrays) a merging sort (timsort) is
+    used: it merges two runs in linear time. Timsort's passes grow with the number of
+    runs, numpy's vectorised quicksort's do not: from ~8 runs on, the quicksort is
+    faster (120 runs of 48k keys: 148 ms merged, 38 ms by quicksort). With `in_place`,
+    `keys` is sorted where it is (no full-size copy)."""
     kind = "stable" if sorted_runs else "quicksort"
     if in_place:
         keys.sort(kind=kind)

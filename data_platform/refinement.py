@@ -281,7 +281,8 @@ class UploadRefiner:
             return np.zeros(0, dtype=np.int64)
         self._subject_file.seek(0)
         keys = np.fromfile(self._subject_file, dtype=np.int64)
-        return sorted_distinct(keys, sorted_runs=True, in_place=True)
+        # One sorted run per table (~120 per GB): too many to merge (see sorted_distinct).
+        return sorted_distinct(keys, in_place=True)
 
     def _suppress(self, table: pa.Table) -> tuple[pa.Table, int]:
         """Drop the rows of an erased subject: a personal-data column of a kind on the

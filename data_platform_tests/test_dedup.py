@@ -146,6 +146,21 @@ def test_rows_seen_in_an_earlier_file_or_run_are_dropped(local_store, catalog):
     assert [r.upload_id for r in catalog.index_runs(index.runs.dataset_id, "rows")] == [a.id]
 
 
+def test_runs_are_written_plain_without_dictionary_or_compression(local_store, catalog):
+    """Hashes neither repeat nor compress: a run's pages are plain and uncompressed (a
+    dictionary attempt cost ~10x the write, all of it at the end of an upload)."""
+    (a,) = uploads(catalog, 1)
+    index = row_index(local_store, catalog)
+    index.begin(a.id)
+    index.keep_mask(pa.table({"id": list(range(5000))}))
+    run = index.stage()
+    meta = pq.ParquetFile(pa.BufferReader(local_store.get_bytes(run.object_key))).metadata
+    assert meta.num_rows == 5000
+    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    assert chunks and all(c.compression == "UNCOMPRESSED" for c in chunks)
+    assert not any("DICTIONARY" in e for c in chunks for e in c.encodings), [c.encodings for c in chunks]
+
+
 def test_index_is_per_tenant_and_dataset(local_store, catalog):
     (a,) = uploads(catalog, 1)
     index = row_index(local_store, catalog)
