@@ -591,7 +591,10 @@ MALLOC_ARENAS = 2
 # were fresh pages, faulted in and zeroed by the kernel, then handed back (madvise): ~20%
 # of the ingestion's CPU went to the kernel (1 GB: 6.7-8.1 s of system time, against
 # 2.8-3.1 s at 1000 ms), for ~30 MB less at the peak RSS (1 GB: 541-544 MB against 572-575).
-JEMALLOC_DECAY_MS = 1000
+# Between the two, 500 ms: once the pipeline's other costs fell, the peak at 1000 ms came
+# to 586-617 MB (1 GB, 11 runs); at 500 ms 567-596 MB (6 runs), for ~0.15 s more system
+# time and no change in wall time (7.0-7.1 s either way, interleaved runs).
+JEMALLOC_DECAY_MS = 500
 
 
 def _use_returning_allocators() -> None:
