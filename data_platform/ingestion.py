@@ -86,6 +86,9 @@ class Outcome:
     refinement: dict | None = None  # validation and privacy report (RefinementReport.as_dict)
 
 
+_record_json = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps with options builds one per call
+
+
 class _Rejects:
     """Rejected rows spooled to a local JSONL file (bounded memory), counted by reason."""
 
@@ -107,7 +110,7 @@ class _Rejects:
         record = row.as_dict()
         if len(self.samples) < SAMPLE_REJECTS:
             self.samples.append(record)
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._file.write(_record_json(record) + "\n")
 
     def close(self) -> None:
         self._file.close()

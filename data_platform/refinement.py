@@ -48,6 +48,8 @@ NEAR_DUP_ROW = "_near_duplicate_of_row"
 # upload); at 4k a GX call (~25 ms) comes every ~1/3 GB.
 GX_BATCH_ROWS = 4_096
 GX_DEFER_SHARE = 0.25
+# A rejected row as JSON (json.dumps with these options builds a new encoder per call).
+_row_json = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
 
 @dataclass
@@ -373,7 +375,7 @@ class UploadRefiner:
             self.report.failing_by_check[check] += 1
             self.on_rejected(RejectedRow(
                 record, check, f"record {record} fails {check}",
-                json.dumps(row, default=str, ensure_ascii=False)[:RAW_ROW_LIMIT]))
+                _row_json(row)[:RAW_ROW_LIMIT]))
         self.report.rows_failing += len(rows)
 
     def _protect(self, table: pa.Table) -> pa.Table:

@@ -4,6 +4,9 @@ kind fails on purpose at known rows, nothing is capped, casts, missing columns, 
 import json
 import re
 import random
+import subprocess
+import sys
+import textwrap
 from datetime import UTC, date, datetime
 
 import numpy as np
@@ -97,6 +100,35 @@ def test_clean_table_passes_every_check(validator):
     assert gx_types["regex:record_id"] == "expect_column_values_to_match_regex"
     assert gx_types["primary_key"] == "expect_column_values_to_be_unique"
     assert gx_types["column_exists:priority"] == "expect_column_to_exist"
+
+
+def test_gx_is_imported_without_what_only_unused_expectations_need():
+    """GX imports scipy.stats and altair for expectations no contract builds (KL
+    divergence, KS tests, their charts): in a fresh process they stay unloaded through a
+    whole validation, and whoever uses them (GX's own modules included) gets the real
+    modules on first use."""
+    code = textwrap.dedent("""
+        import math, sys
+        sys.path.insert(0, "data_platform_tests")
+        from test_validation import tickets, tickets_contract
+        from data_platform.validation import ContractValidator
+
+        heavy = ("scipy.stats._stats_py", "altair.vegalite")
+        result = ContractValidator(tickets_contract()).validate(tickets(20, priority={3: 9}))
+        assert result.failing_rows == {3: "between:priority"}, result.failing_rows
+        assert not [m for m in heavy if m in sys.modules], [m for m in heavy if m in sys.modules]
+
+        from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl
+        assert math.isclose(kl.stats.entropy([0.5, 0.5]), math.log(2))  # GX's reference
+        import scipy.stats
+        assert type(scipy.stats) is type(math) and "scipy.stats._stats_py" in sys.modules
+        assert sys.modules["scipy.stats"] is scipy.stats and scipy.stats.norm.cdf(0) == 0.5
+        import altair  # still the stand-in: its first attribute brings the real one
+        assert altair.Chart.__name__ == "Chart" and type(sys.modules["altair"]) is type(math)
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 def test_not_null(validator):
