@@ -208,9 +208,16 @@ def import_great_expectations() -> types.ModuleType:
     with _deferred_lock:
         if "great_expectations" not in sys.modules:
             for name in _DEFERRED_BY_GX:
-                if name not in sys.modules and importlib.util.find_spec(name) is not None:
+                if name not in sys.modules and _installed(name):
                     sys.modules[name] = _DeferredModule(name)
     return importlib.import_module("great_expectations")
+
+
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 class _GX:
