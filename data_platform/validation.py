@@ -184,7 +184,11 @@ _deferred_lock = threading.Lock()
 class _DeferredModule(types.ModuleType):
     """Stands in `sys.modules` for a module imported but maybe never used: the first
     access to an attribute it lacks imports the real module (which replaces it in
-    `sys.modules`, so later imports get the real one) and reads the attribute there."""
+    `sys.modules`, so later imports get the real one) and reads the attribute there.
+    Not `importlib.util.LazyLoader`: its modules load on any attribute access, and the
+    import system reads `__spec__` of a module it finds in `sys.modules`, so GX's own
+    `from scipy import stats` loaded them (Python 3.11). Here `__spec__` is a plain
+    attribute (None) and only the attributes a module itself defines load it."""
 
     def __getattr__(self, attr: str):
         return getattr(self._real(), attr)
