@@ -138,7 +138,7 @@ class UploadRefiner:
         self.report = RefinementReport(contract={"version": contract.version, "source": contract.source}
                                        if contract else None)
         # Built at the first table: the first validator of a process imports Great
-        # Expectations (~3.5 s), which `prepare_validation` may have started meanwhile.
+        # Expectations (~1.5 s), which `prepare_validation` may have started meanwhile.
         self.validator: ContractValidator | None = None
         self.quality = UploadQuality()
         self._results: list[list[ExpectationOutcome]] = []  # per validated table, in order
@@ -283,7 +283,7 @@ class UploadRefiner:
             return np.zeros(0, dtype=np.int64)
         self._subject_file.seek(0)
         keys = np.fromfile(self._subject_file, dtype=np.int64)
-        # One sorted run per table (~120 per GB): too many to merge (see sorted_distinct).
+        # One sorted run per table (~80 per GB): too many to merge (see sorted_distinct).
         return sorted_distinct(keys, in_place=True)
 
     def _suppress(self, table: pa.Table) -> tuple[pa.Table, int]:
