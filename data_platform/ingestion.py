@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 5
 # Most recent indexed texts per dataset that a new upload is compared with, the upload's
-# own included (memory: about 122 bytes each, ~25 MB; see data_platform/neardup.py). At
+# own included (memory: about 154 bytes each, ~31 MB; see data_platform/neardup.py). At
 # 800k (~100 MB) it was the largest holder of memory in a 1 GB upload, after imports; at
 # 400k (~49 MB) it still put a 1 GB upload's peak RSS over 600 MB. 200k texts are the
 # last ~100 MB of a dataset's text (gen_data's near-duplicates are within 8,192 rows).

@@ -313,16 +313,10 @@ def test_the_window_keeps_the_newest_rows_and_runs_hold_them():
     assert 1000 <= len(small) <= 1250 and len(full) == 3000
     assert small.nbytes < full.nbytes
     # the run holds the upload's newest 1000 rows, the only ones a window of 1000 loads
-    # again; a process loading it finds what the one that built it finds; the local
-    # files behind it keep at most about twice that, not every row of the upload
-    run = small.run_for(1)  # (closes the file being written)
-
-    def on_disk(index):
-        return sum(pa.ipc.open_file(os.path.join(index._dir, f)).read_all().num_rows
-                   for f in os.listdir(index._dir))
-    assert 1000 <= on_disk(small) <= 2000
-    full.run_for(1)
-    assert on_disk(full) == 3000
+    # again; a process loading it finds what the one that built it finds; one upload
+    # detected in order has its run in the ring: nothing of it goes to local files
+    run = small.run_for(1)
+    assert os.listdir(small._dir) == [] and os.listdir(full._dir) == []
     assert run.equals(full.run_for(1).slice(2000))
     loaded = NearDupIndex(max_rows=1000)
     loaded.load_run(1, _roundtrip(run))
@@ -331,6 +325,52 @@ def test_the_window_keeps_the_newest_rows_and_runs_hold_them():
     assert small.detect(probe, 2, 0).is_near_dup.tolist() == [False, True, True]
     assert loaded.detect(probe, 2, 0).is_near_dup.tolist() == [False, True, True]
     assert full.detect(probe, 2, 0).is_near_dup.tolist() == [True, True, True]
+
+
+def _run_alone(texts: list[str], tables: list[int], max_rows: int) -> pa.Table:
+    """The run of an upload detected by itself, in order: the reference."""
+    index = NearDupIndex(max_rows=max_rows)
+    for start in tables:
+        index.detect(pa.array(texts[start:start + 10]), 1, start)
+    return index.run_for(1)
+
+
+@pytest.mark.parametrize("max_rows", [1000, 25])
+def test_a_run_is_kept_whole_when_other_rows_enter_the_ring_before_it_is_taken(max_rows):
+    # The ring holds an upload's run only while its rows are the last indexed. Another
+    # upload's rows, a loaded run, or a table out of row order move it to local files
+    # first; the run is then the same as that of the upload detected alone.
+    texts = [f"ticket {i} about vm-{i * 31} failing with E{i} in zone {i % 5}" for i in range(40)]
+    other = [f"unrelated note {i} on db-{i * 17} restarted after patch {i}" for i in range(40)]
+    expected = _run_alone(texts, [0, 10, 20, 30], max_rows)
+    assert expected.num_rows == min(40, max_rows)
+
+    interleaved = NearDupIndex(max_rows=max_rows)
+    for start in (0, 10, 20, 30):
+        interleaved.detect(pa.array(texts[start:start + 10]), 1, start)
+        interleaved.detect(pa.array(other[start:start + 10]), 2, start)
+    assert interleaved.run_for(1).equals(expected.replace_schema_metadata(interleaved.run_schema(1).metadata))
+
+    loading = NearDupIndex(max_rows=max_rows)
+    loading.detect(pa.array(texts[0:20]), 1, 0)
+    loading.load_run(7, _roundtrip(_run_alone(other, [0, 10, 20, 30], max_rows)))
+    loading.detect(pa.array(texts[20:40]), 1, 20)
+    assert loading.run_for(1).equals(expected)
+
+    shuffled = NearDupIndex(max_rows=max_rows)
+    for start in (30, 0, 10, 20):
+        shuffled.detect(pa.array(texts[start:start + 10]), 1, start)
+    assert shuffled.run_reader(1).read_all().equals(expected)
+
+
+def test_a_run_taken_and_stored_starts_again_from_the_rows_indexed_after():
+    texts = [f"ticket {i} about vm-{i * 31} failing with E{i} in zone {i % 5}" for i in range(20)]
+    index = NearDupIndex()
+    index.detect(pa.array(texts[:10]), 1, 0)
+    assert index.run_for(1).column("row").to_pylist() == list(range(10))
+    index.persisted(1)
+    index.detect(pa.array(texts[10:]), 1, 10)  # the same upload again (a new attempt)
+    assert index.run_for(1).column("row").to_pylist() == list(range(10, 20))
 
 
 def test_index_round_trips_through_its_runs():

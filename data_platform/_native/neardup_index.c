@@ -11,8 +11,9 @@
  * fingerprint (the newest replace the oldest); a full bucket drops its oldest entry.
  *
  * Until the tables reach the size for `cap` rows they grow with the ring (a rebuild
- * from the band keys of the rows, kept only while growing), so a small index costs
- * memory in proportion to its rows.
+ * from the band keys the ring keeps of each row), so a small index costs memory in
+ * proportion to its rows. The ring's rows of an upload can be copied out (`export`):
+ * they are its run, when the upload's rows were the last indexed.
  *
  * `detect` decides the rows of a table in order, against everything indexed before
  * them (earlier uploads, tables, rows of this table): candidates are the entries of
@@ -56,7 +57,7 @@ typedef struct {
     int64_t hpos;   /* its ring position: head % cap */
     uint8_t *sketch; /* rc * sk */
     Meta *meta;      /* rc */
-    uint32_t *keys;  /* rc * bands while the tables grow, else NULL */
+    uint32_t *keys;  /* rc * bands: each row's band keys (resizes, exports) */
     uint32_t *tab;   /* bands * nb * SLOTS */
     Region tab_r, sketch_r, meta_r, keys_r;
     int64_t nb, nb_max;
@@ -231,10 +232,6 @@ static int resize(Index *x, int64_t nb) {
             insert_entry(x, j, x->keys[(size_t)g * x->bands + j], g);
     }
     x->head = head;
-    if (nb >= x->nb_max) {
-        release(&x->keys_r);
-        x->keys = NULL;
-    }
     return 0;
 }
 
@@ -256,10 +253,10 @@ static int add_row(Index *x, const uint32_t *keys, const uint8_t *sketch, uint16
     x->ucount[upload]++;
     x->live++;
     x->head = gid + 1;
-    if (x->keys) {
-        memcpy(x->keys + (size_t)pos * x->bands, keys, (size_t)x->bands * 4);
+    memcpy(x->keys + (size_t)pos * x->bands, keys, (size_t)x->bands * 4);
+    if (x->nb < x->nb_max) {
         int64_t held = x->head < x->cap ? x->head : x->cap;
-        if (held > x->nb * SLOTS * x->load && x->nb < x->nb_max)
+        if (held > x->nb * SLOTS * x->load)
             return resize(x, buckets_for(x, 4 * held));
     }
     for (int j = 0; j < x->bands; j++)
@@ -399,9 +396,8 @@ static int Index_init(Index *x, PyObject *args, PyObject *kw) {
     }
     x->sketch = (uint8_t *)reserve((size_t)cap * sk, &x->sketch_r);
     x->meta = (Meta *)reserve((size_t)cap * sizeof(Meta), &x->meta_r);
-    if (nb < x->nb_max)
-        x->keys = (uint32_t *)reserve((size_t)cap * bands * 4, &x->keys_r);
-    if (!x->sketch || !x->meta || (nb < x->nb_max && !x->keys)) {
+    x->keys = (uint32_t *)reserve((size_t)cap * bands * 4, &x->keys_r);
+    if (!x->sketch || !x->meta || !x->keys) {
         PyErr_NoMemory();
         return -1;
     }
@@ -559,13 +555,61 @@ done:
     return result;
 }
 
+/* held(upload): rows of the upload the ring holds */
+static PyObject *Index_held(Index *x, PyObject *arg) {
+    long long u = PyLong_AsLongLong(arg);
+    if (u == -1 && PyErr_Occurred())
+        return NULL;
+    if (u < 0 || u >= x->nup) {
+        PyErr_SetString(PyExc_IndexError, "no such upload");
+        return NULL;
+    }
+    return PyLong_FromLongLong(x->ucount[u]);
+}
+
+/* export(upload, start, keys, sketch, tokens, rows): copy the ring's rows of `upload`,
+ * oldest first from gid `start` on (older ones than the ring holds are skipped), into
+ * the buffers until they are full; returns (rows copied, the gid to go on from) */
+static PyObject *Index_export(Index *x, PyObject *args) {
+    Inputs out = {0};
+    long long upload, start;
+    if (!PyArg_ParseTuple(args, "LLw*w*w*w*", &upload, &start, &out.keys, &out.sketch, &out.tokens, &out.rows))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t room = out.rows.len / 4;
+    if (check_inputs(x, &out, room, upload) < 0)
+        goto done;
+    uint32_t *keys = (uint32_t *)out.keys.buf;
+    uint8_t *sketch = (uint8_t *)out.sketch.buf;
+    uint16_t *tokens = (uint16_t *)out.tokens.buf;
+    uint32_t *rows = (uint32_t *)out.rows.buf;
+    int64_t g = x->head > x->cap ? x->head - x->cap : 0;
+    if (start > g)
+        g = start;
+    Py_ssize_t n = 0;
+    for (; g < x->head && n < room; g++) {
+        int64_t pos = g % x->cap;
+        const Meta *m = x->meta + pos;
+        if (m->upload != (uint32_t)upload)
+            continue;
+        memcpy(keys + (size_t)n * x->bands, x->keys + (size_t)pos * x->bands, (size_t)x->bands * 4);
+        memcpy(sketch + (size_t)n * x->sk, x->sketch + (size_t)pos * x->sk, (size_t)x->sk);
+        tokens[n] = m->tokens;
+        rows[n] = m->row;
+        n++;
+    }
+    result = Py_BuildValue("nL", n, (long long)g);
+done:
+    release_inputs(&out);
+    return result;
+}
+
 static PyObject *Index_get_live(Index *x, void *c) { return PyLong_FromLongLong(x->live); }
 
 static PyObject *Index_get_nbytes(Index *x, void *c) {
     int64_t held = x->head < x->cap ? x->head : x->cap;
-    int64_t n = held * (x->sk + (int64_t)sizeof(Meta)) + (int64_t)x->bands * x->nb * SLOTS * 4 + x->nup * 9;
-    if (x->keys)
-        n += held * x->bands * 4;
+    int64_t n = held * (x->sk + (int64_t)sizeof(Meta) + (int64_t)x->bands * 4) + (int64_t)x->bands * x->nb * SLOTS * 4 +
+                x->nup * 9;
     return PyLong_FromLongLong(n);
 }
 
@@ -574,11 +618,16 @@ static PyMethodDef Index_methods[] = {
     {"kill", (PyCFunction)Index_kill, METH_O, "Forget an upload's rows (they no longer match)."},
     {"add", (PyCFunction)Index_add, METH_VARARGS, "Index rows as they are."},
     {"detect", (PyCFunction)Index_detect, METH_VARARGS, "Decide rows in order against the index; index the kept ones."},
+    {"held", (PyCFunction)Index_held, METH_O, "Rows of an upload the ring holds."},
+    {"export", (PyCFunction)Index_export, METH_VARARGS, "Copy an upload's rows out of the ring, oldest first."},
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *Index_get_head(Index *x, void *c) { return PyLong_FromLongLong(x->head); }
+
 static PyGetSetDef Index_getset[] = {
     {"live", (getter)Index_get_live, NULL, "rows held of uploads not forgotten", NULL},
+    {"head", (getter)Index_get_head, NULL, "the gid the next indexed row gets (rows indexed so far)", NULL},
     {"nbytes", (getter)Index_get_nbytes, NULL, "bytes allocated", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
