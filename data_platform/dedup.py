@@ -208,8 +208,13 @@ class RowIndex:
 
     def claim(self, hashes: np.ndarray) -> np.ndarray:
         """For distinct hashes of rows about to be kept: True where this upload keeps the row."""
-        keep = ~(self.known.contains(hashes) | self.kept.contains(hashes))
-        self.kept.add(hashes[keep])
+        # Sorted once for both lookups and the insert (each sorted them on its own before).
+        order = np.argsort(hashes)
+        ordered = np.ascontiguousarray(hashes[order], dtype=np.int64)
+        new = ~(self.known.contains_sorted(ordered) | self.kept.contains_sorted(ordered))
+        self.kept.add(ordered[new], is_sorted=True)
+        keep = np.empty(len(hashes), dtype=bool)
+        keep[order] = new
         return keep
 
     def stage(self) -> StagedRun | None:
