@@ -80,6 +80,17 @@ def test_emails_and_ips_are_case_insensitive_names_are_not():
     assert p.pseudonym(" Alice Martin ", "name") == p.pseudonym("Alice Martin", "name")
 
 
+def test_non_ascii_addresses_are_lower_cased_by_unicode_rules():
+    # Columns of ASCII text are lower-cased byte by byte; one non-ASCII value anywhere in
+    # a column sends it through the Unicode lower-casing.
+    p = Pseudonymizer(KEY, "acme")
+    mixed = p.pseudonymize(pa.array(["ÉLODIE@Exemple.FR", "Bob@X.io", None]), "email").to_pylist()
+    assert mixed[0] == p.pseudonym("élodie@exemple.fr", "email")
+    assert mixed[1] == p.pseudonym("bob@x.io", "email")
+    ascii_only = p.pseudonymize(pa.array(["Bob@X.io", "CAROL@Y.ORG"]), "email").to_pylist()
+    assert ascii_only == [p.pseudonym("bob@x.io", "email"), p.pseudonym("carol@y.org", "email")]
+
+
 def test_pseudonymize_keeps_nulls_and_length_and_matches_pseudonym():
     p = Pseudonymizer(KEY, "acme")
     values = ["a@x.io", None, "B@x.io", "a@x.io", "  ", None, "b@x.io"]
