@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -62,6 +62,54 @@ class _Waiting:
     raw: pa.Table  # as parsed, for the rejected rows' report
     typed: pa.Table
     hashes: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Rows of a parsed table (`whole`) as `table`: rows `at` of it (ascending; None: all,
+    `table` is `whole` or a cast of it). `table` holds stand-ins for the `deferred`
+    columns, those validation reads only the names of (see `unread_columns`): their
+    values are copied once, when the rows kept are known (`materialised`). Copying the
+    long texts for the first occurrences of a table's rows and again for the rows kept
+    took two full copies of most of the bytes."""
+
+    whole: pa.Table
+    at: np.ndarray | None
+    table: pa.Table
+    deferred: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, whole: pa.Table, first: np.ndarray | None, deferred: frozenset[str]) -> "_Rows":
+        """The rows of `whole` where `first` is True (None: all), the `deferred` columns
+        as stand-ins."""
+        if first is None:
+            return cls(whole, None, whole)
+        mask = pa.array(first)
+        n = int(first.sum())
+        columns = [pa.nulls(n, f.type) if f.name in deferred else whole.column(i).filter(mask)
+                   for i, f in enumerate(whole.schema)]
+        return cls(whole, np.flatnonzero(first), pa.Table.from_arrays(columns, schema=whole.schema), deferred)
+
+    def in_whole(self, rows: np.ndarray) -> np.ndarray:
+        """Positions in `whole` of `table`'s rows `rows`."""
+        return rows if self.at is None else self.at[rows]
+
+    def raw(self, rows: np.ndarray) -> pa.Table:
+        """`table`'s rows `rows` as parsed, every column."""
+        return self.whole.take(pa.array(self.in_whole(rows), pa.int64()))
+
+    def materialised(self, keep: np.ndarray | None = None) -> pa.Table:
+        """`table`'s rows where `keep` is True (None: all), the deferred columns filled in."""
+        if keep is not None and keep.all():
+            keep = None
+        table = self.table if keep is None else self.table.filter(pa.array(keep))
+        if not self.deferred:
+            return table
+        in_whole = np.zeros(self.whole.num_rows, dtype=bool)
+        in_whole[self.at if keep is None else self.at[keep]] = True
+        mask = pa.array(in_whole)
+        return pa.Table.from_arrays([self.whole.column(f.name).filter(mask) if f.name in self.deferred
+                                     else table.column(i) for i, f in enumerate(table.schema)], schema=table.schema)
 
 
 @dataclass
@@ -163,27 +211,32 @@ class UploadRefiner:
         that pass come out later, as a table of their own."""
         timed = self._stage
         for table in tables:
-            hashes = None
+            hashes = first = None
             if self.row_index is not None:
                 with timed("row_hashing"):
                     hashes = row_hashes(table)
                     first = first_occurrences(hashes)
                     self.report.duplicates_in_file += int(len(first) - first.sum())
-                    if not first.all():
-                        table, hashes = table.filter(pa.array(first)), hashes[first]
+                    if first.all():
+                        first = None
+                    else:
+                        hashes = hashes[first]
             with timed("validation"):
-                table, keep = self._validate(table, hashes)
-            yield from self._claimed(table, hashes, keep)
+                deferred = frozenset()
+                if first is not None and self.contract is not None:
+                    deferred = frozenset(self._contract_validator().unread_columns(table.schema))
+                rows, keep = self._validate(_Rows.of(table, first, deferred), hashes)
+            yield from self._claimed(rows, hashes, keep)
             if self._waiting_rows >= GX_BATCH_ROWS:
                 with timed("validation"):
-                    table, hashes = self._decide_waiting()
-                yield from self._claimed(table, hashes)
+                    rows, hashes = self._decide_waiting()
+                yield from self._claimed(rows, hashes)
         if self._waiting:
             with timed("validation"):
-                table, hashes = self._decide_waiting()
-            yield from self._claimed(table, hashes)
+                rows, hashes = self._decide_waiting()
+            yield from self._claimed(rows, hashes)
 
-    def _claimed(self, table: pa.Table, hashes: np.ndarray | None,
+    def _claimed(self, rows: _Rows, hashes: np.ndarray | None,
                  keep: np.ndarray | None = None) -> Iterator[pa.Table]:
         """The rows of `keep` (None: all) that no committed upload holds and this upload
         did not keep yet (claimed now: only rows that met the contract enter the row
@@ -198,8 +251,7 @@ class UploadRefiner:
                     at = np.flatnonzero(keep)
                     keep = keep.copy()
                     keep[at] = claimed
-        if keep is not None and not keep.all():
-            table = table.filter(pa.array(keep))
+        table = rows.materialised(keep)
         if table.num_rows:
             yield table
 
@@ -307,25 +359,32 @@ class UploadRefiner:
         self.report.erased_rows += dropped
         return table.filter(pc.invert(mask)), dropped
 
-    def _validate(self, table: pa.Table, hashes: np.ndarray | None) -> tuple[pa.Table, np.ndarray | None]:
-        """The table cast to the contract's types and the mask of its rows that pass (None:
+    def _contract_validator(self) -> ContractValidator:
+        if self.validator is None:
+            with self._stage("validation_setup"):
+                self.validator = ContractValidator(self.contract)
+        return self.validator
+
+    def _validate(self, rows: _Rows, hashes: np.ndarray | None) -> tuple[_Rows, np.ndarray | None]:
+        """The rows cast to the contract's types and the mask of those that pass (None:
         all of them). GX costs ~25 ms per call whatever the rows, and Arrow clears almost all
         rows: when only a few rows need GX, they wait, with their outcomes' place kept, and
         are decided with other tables' in one call (`_decide_waiting`; uniqueness still
         holds within each table). Rows failing a cast are rejected at once."""
+        table = rows.table
         first_record = self.report.rows_in + 1
         self.report.rows_in += table.num_rows
         if self.contract is None:
-            return table, None
-        if self.validator is None:
-            with self._stage("validation_setup"):
-                self.validator = ContractValidator(self.contract)
-        prepared, typed = self.validator.prepare(table)
+            return rows, None
+        prepared, typed = self._contract_validator().prepare(table)
+        typed_rows = replace(rows, table=typed)
         n = table.num_rows
         if prepared.deferrable and len(prepared.gx_rows) <= GX_DEFER_SHARE * n:
             waiting = prepared.gx_rows
+            in_waiting = np.zeros(n, dtype=bool)
+            in_waiting[waiting] = True
             self._waiting.append(_Waiting(len(self._results), prepared, first_record,
-                                          table.take(pa.array(waiting)), typed.take(pa.array(waiting)),
+                                          rows.raw(waiting), typed_rows.materialised(in_waiting),
                                           None if hashes is None else hashes[waiting]))
             self._waiting_rows += len(waiting)
             self._results.append([])  # filled in when decided: outcomes stay in table order
@@ -333,18 +392,18 @@ class UploadRefiner:
             keep = np.ones(n, dtype=bool)
             keep[waiting] = False
         else:
-            result = self.validator.decide([prepared])[0]
+            result = self._contract_validator().decide([prepared])[0]
             self._results.append(result.outcomes)
             failing = result.failing_rows
             keep = np.ones(n, dtype=bool)
         if failing:
-            rows = np.fromiter(failing, dtype=np.int64, count=len(failing))
-            rows.sort()
-            self._reject(table, rows, first_record + rows, [failing[i] for i in rows.tolist()])
-            keep[rows] = False
-        return typed, None if keep.all() else keep
+            failed = np.fromiter(failing, dtype=np.int64, count=len(failing))
+            failed.sort()
+            self._reject(rows.whole, rows.in_whole(failed), first_record + failed, [failing[i] for i in failed.tolist()])
+            keep[failed] = False
+        return typed_rows, None if keep.all() else keep
 
-    def _decide_waiting(self) -> tuple[pa.Table, np.ndarray | None]:
+    def _decide_waiting(self) -> tuple[_Rows, np.ndarray | None]:
         """Decide the waiting rows of several tables with one GX call: failing ones
         rejected with their check (and record number) as if decided with their table,
         the others returned as one table, with their hashes."""
@@ -366,7 +425,8 @@ class UploadRefiner:
             tables.append(w.typed.filter(pa.array(keep)))
             if w.hashes is not None:
                 hashes.append(w.hashes[keep])
-        return pa.concat_tables(tables), np.concatenate(hashes) if hashes else None
+        table = pa.concat_tables(tables)
+        return _Rows(table, None, table), np.concatenate(hashes) if hashes else None
 
     def _reject(self, raw: pa.Table, at: np.ndarray, records: np.ndarray, checks: list[str]) -> None:
         """Reject the rows of `raw` at positions `at` (their record numbers, failing checks)."""

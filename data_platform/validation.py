@@ -738,10 +738,21 @@ class ContractValidator:
         result.typed_table = typed
         return result
 
+    def unread_columns(self, schema: pa.Schema) -> set[str]:
+        """Columns of a table of this schema whose values `prepare` never reads (only their
+        names): not in the contract, or already of the contract's type and in no value
+        check (free texts and personal-data columns, usually). A caller may hand `prepare`
+        stand-ins for them (of the same type and length) and keep the real ones."""
+        checked = {col for c in self._checks for col in c.columns}
+        return {f.name for f in schema
+                if f.name not in self._targets
+                or f.type == self._targets[f.name] and f.name not in checked}
+
     def prepare(self, table: pa.Table) -> tuple["PreparedTable", pa.Table]:
         """The Arrow part of a table's validation: schema (cached), casts, and per value
         check the rows that may fail it. Returns what GX still has to decide and the
-        table cast to the contract's types."""
+        table cast to the contract's types. Reads the values of the columns that
+        `unread_columns` leaves out, and only the names of those it gives."""
         n = table.num_rows
         present = set(table.column_names)
         outcomes: list[ExpectationOutcome] = []

@@ -352,3 +352,53 @@ def test_a_run_deleted_with_its_upload_after_listing_is_skipped_not_fatal(store,
     store.delete(listed[1].object_key)  # still registered: really missing
     with pytest.raises(FileNotFoundError):
         row_index(store, Catalog(catalog.url))
+
+
+def test_in_file_repeats_are_validated_once_and_the_output_is_that_of_the_file_without_them(local_store, tmp_path):
+    # A table's repeated rows go before validation. The columns validation only names
+    # (a long text, a personal-data column, an extra column) are copied once, when the
+    # rows kept are known: rows, columns, types and rejects must be those of the same
+    # table without its repeats, whichever path a row takes (passes, fails at once,
+    # waits for GX, repeats a failing row).
+    from data_platform.contracts import ColumnSpec, Contract
+    from data_platform.privacy import Pseudonymizer
+    from data_platform.refinement import UploadRefiner
+
+    contract = Contract(tenant="acme", dataset="tickets", version="1", primary_key=("record_id",), columns=(
+        ColumnSpec("record_id", "string", required=True, regex="^rec-"),
+        ColumnSpec("user_email", "string", pii="email"),
+        ColumnSpec("text", "string"),
+        ColumnSpec("priority", "integer", required=True, min=1, max=4),
+        ColumnSpec("cost", "float", min=0)))
+    n = 300
+    unique = pa.table({
+        "record_id": [f"rec-{i}" if i not in (7, 150) else f"bad-{i}" for i in range(n)],
+        "user_email": [f"user{i}@example.com" for i in range(n)],
+        "text": [f"ticket {i}: " + "the export stalls after the nightly run " * (1 + i % 5) for i in range(n)],
+        "priority": [9 if i in (20, 21) else 1 + i % 4 for i in range(n)],
+        "cost": pa.array([i % 50 for i in range(n)], pa.int64()),  # cast to float by the contract
+        "note": [f"extra {i}" if i % 3 else None for i in range(n)],
+    })
+    repeats = [3, 7, 20, 100, 100, 299, 150]  # passing, failing (regex, range) and twice-repeated rows
+    positions = list(range(n))
+    for k, row in enumerate(repeats):
+        positions.insert(row + 5 + 11 * k, row)  # each repeat after its first occurrence
+    with_repeats = unique.take(pa.array(positions))
+
+    def refine(table, upload_id):
+        rejected = []
+        catalog = Catalog(f"sqlite:///{tmp_path}/catalog-{upload_id}.db")
+        index = row_index(local_store, catalog, dataset=f"tickets{upload_id}")
+        index.begin(upload_id)
+        refiner = UploadRefiner(contract, Pseudonymizer(b"k" * 32, "acme"), rejected.append, index,
+                                upload_id=upload_id)
+        tables = list(refiner([table]))
+        return pa.concat_tables(tables), [(r.line, r.reason, r.raw) for r in rejected], refiner.report
+
+    expected, expected_rejects, _ = refine(unique, 1)
+    got, got_rejects, report = refine(with_repeats, 2)
+    assert report.duplicates_in_file == len(repeats)
+    assert len(expected_rejects) == 4 and got_rejects == expected_rejects
+    assert got.schema == expected.schema and got.column_names == unique.column_names
+    assert got.equals(expected)
+    assert got.num_rows == n - 4
