@@ -754,9 +754,11 @@ class NearDupIndex:
         return pa.RecordBatch.from_arrays(columns, schema=self._schema)
 
     def _ring_batches(self, upload_id: int) -> Iterator[pa.RecordBatch]:
-        """The ring's rows of an upload staged there, oldest first, _LOAD_ROWS at a time."""
-        gid = self._in_ring[upload_id][0]
-        number = self._number[upload_id]
+        """The ring's rows of an upload staged there, oldest first, _LOAD_ROWS at a time
+        (which rows is decided now, not when the batches are read)."""
+        return self._exported(self._number[upload_id], self._in_ring[upload_id][0])
+
+    def _exported(self, number: int, gid: int) -> Iterator[pa.RecordBatch]:
         p = self.params
         while True:
             rows = np.empty(_LOAD_ROWS, dtype=np.uint32)
@@ -773,7 +775,7 @@ class NearDupIndex:
         """Move the runs staged in the ring (of `upload_id`, or all) to local files: the
         ring is about to take rows that are not the next of their run."""
         for u in [upload_id] if upload_id is not None else list(self._in_ring):
-            batches = self._ring_batches(u)  # read before the upload leaves the ring mode
+            batches = self._ring_batches(u)
             run = self._files[u] = _RunFile(self._dir, u, self._schema, self.max_rows)
             for batch in batches:
                 run.append(batch)

@@ -86,9 +86,18 @@ class _Rows:
             return cls(whole, None, whole)
         mask = pa.array(first)
         n = int(first.sum())
-        columns = [pa.nulls(n, f.type) if f.name in deferred else whole.column(i).filter(mask)
-                   for i, f in enumerate(whole.schema)]
-        return cls(whole, np.flatnonzero(first), pa.Table.from_arrays(columns, schema=whole.schema), deferred)
+        columns, stand_ins = [], set()
+        for i, f in enumerate(whole.schema):
+            if f.name in deferred:
+                try:
+                    columns.append(pa.nulls(n, f.type))
+                    stand_ins.add(f.name)
+                    continue
+                except (pa.ArrowException, TypeError, ValueError):  # a type without nulls of its own
+                    pass
+            columns.append(whole.column(i).filter(mask))
+        return cls(whole, np.flatnonzero(first), pa.Table.from_arrays(columns, schema=whole.schema),
+                   frozenset(stand_ins))
 
     def in_whole(self, rows: np.ndarray) -> np.ndarray:
         """Positions in `whole` of `table`'s rows `rows`."""

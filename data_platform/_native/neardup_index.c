@@ -555,18 +555,6 @@ done:
     return result;
 }
 
-/* held(upload): rows of the upload the ring holds */
-static PyObject *Index_held(Index *x, PyObject *arg) {
-    long long u = PyLong_AsLongLong(arg);
-    if (u == -1 && PyErr_Occurred())
-        return NULL;
-    if (u < 0 || u >= x->nup) {
-        PyErr_SetString(PyExc_IndexError, "no such upload");
-        return NULL;
-    }
-    return PyLong_FromLongLong(x->ucount[u]);
-}
-
 /* export(upload, start, keys, sketch, tokens, rows): copy the ring's rows of `upload`,
  * oldest first from gid `start` on (older ones than the ring holds are skipped), into
  * the buffers until they are full; returns (rows copied, the gid to go on from) */
@@ -618,7 +606,6 @@ static PyMethodDef Index_methods[] = {
     {"kill", (PyCFunction)Index_kill, METH_O, "Forget an upload's rows (they no longer match)."},
     {"add", (PyCFunction)Index_add, METH_VARARGS, "Index rows as they are."},
     {"detect", (PyCFunction)Index_detect, METH_VARARGS, "Decide rows in order against the index; index the kept ones."},
-    {"held", (PyCFunction)Index_held, METH_O, "Rows of an upload the ring holds."},
     {"export", (PyCFunction)Index_export, METH_VARARGS, "Copy an upload's rows out of the ring, oldest first."},
     {NULL, NULL, 0, NULL},
 };
