@@ -453,7 +453,10 @@ def _lowers(kind: str | None) -> bool:
 
 
 def _is_ascii(arr: pa.Array) -> bool:
-    """Whether every byte of the strings' data (all values, nulls' included) is ASCII."""
+    """Whether every byte of the strings' data (all values, nulls' included) is ASCII
+    (False for a layout other than offsets and one data buffer)."""
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        return False
     data = arr.buffers()[2]
     return data is None or len(data) == 0 or bool(np.frombuffer(data, np.uint8).max() < 0x80)
 

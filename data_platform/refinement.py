@@ -408,7 +408,8 @@ class UploadRefiner:
         if failing:
             failed = np.fromiter(failing, dtype=np.int64, count=len(failing))
             failed.sort()
-            self._reject(rows.whole, rows.in_whole(failed), first_record + failed, [failing[i] for i in failed.tolist()])
+            self._reject(rows.whole, rows.in_whole(failed), first_record + failed,
+                         [failing[i] for i in failed.tolist()])
             keep[failed] = False
         return typed_rows, None if keep.all() else keep
 
