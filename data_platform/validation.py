@@ -417,10 +417,20 @@ def _bad_positions(values: pa.Array, cast, linear: bool = False) -> list[int]:
     done with in one call; short slices (or all, if `linear`) are tried value by value."""
     bad: list[int] = []
     if linear:
-        for i in range(len(values)):
-            try:
-                cast(values.slice(i, 1))
-            except _CAST_ERRORS:
+        # Each distinct value cast once: bad values repeat (one wrong format, again and
+        # again), and a cast that raises costs ~18 µs (74 suspects of a 22k-row table of
+        # the generator's: 1.3 ms, 5 distinct values).
+        verdicts: dict = {}
+        for i, value in enumerate(values.to_pylist()):
+            fails = verdicts.get(value)
+            if fails is None:
+                try:
+                    cast(values.slice(i, 1))
+                    fails = False
+                except _CAST_ERRORS:
+                    fails = True
+                verdicts[value] = fails
+            if fails:
                 bad.append(i)
         return bad
 

@@ -242,6 +242,19 @@ def test_cast_many_rows_with_scattered_failures(validator):
     assert outcome(result, "type:created_at").sample_unexpected == [bad[r] for r in sorted(bad)]
 
 
+def test_repeated_bad_values_are_each_found(validator):
+    # Suspect values are cast once per distinct value: every row holding a bad one fails,
+    # and a value that casts (naive, here) passes wherever it repeats.
+    n = 600
+    values = [f"2024-03-{1 + i % 28:02d}T{i % 24:02d}:00:00Z" for i in range(n)]
+    cycle = ["not-a-timestamp", "31/12/2024 10:00", "2024-03-05 06:07:08", "", "2024-13-45T25:61:00Z"]
+    for k, row in enumerate(range(3, n, 7)):
+        values[row] = cycle[k % len(cycle)]
+    result = validator.validate(tickets(n, created_at=pa.array(values)))
+    expected = {row: "type:created_at" for k, row in enumerate(range(3, n, 7)) if cycle[k % len(cycle)] != cycle[2]}
+    assert result.failing_rows == expected and len(expected) == 69
+
+
 def test_impossible_days_are_found_in_the_string_buffers():
     """Days past their month's end (leap years by the Gregorian rules) are unmarked,
     read from the buffers of string, large and sliced arrays; the rest stay sure."""
