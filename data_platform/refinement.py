@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_platform.contracts import Contract
-from data_platform.dedup import RowIndex, first_occurrences, row_hashes
+from data_platform.dedup import RowIndex, first_occurrences_sorted, kept_order, row_hashes
 from data_platform.neardup import NearDupIndex, detection_text, text_columns
 from data_platform.privacy import (
     Pseudonymizer, apply_privacy, detect_pii_columns, sorted_distinct, subject_keys_of,
@@ -220,11 +220,11 @@ class UploadRefiner:
         that pass come out later, as a table of their own."""
         timed = self._stage
         for table in tables:
-            hashes = first = None
+            hashes = first = order = None
             if self.row_index is not None:
                 with timed("row_hashing"):
                     hashes = row_hashes(table)
-                    first = first_occurrences(hashes)
+                    first, order = first_occurrences_sorted(hashes)  # the order: for the claim
                     self.report.duplicates_in_file += int(len(first) - first.sum())
                     if first.all():
                         first = None
@@ -235,7 +235,7 @@ class UploadRefiner:
                 if first is not None and self.contract is not None:
                     deferred = frozenset(self._contract_validator().unread_columns(table.schema))
                 rows, keep = self._validate(_Rows.of(table, first, deferred), hashes)
-            yield from self._claimed(rows, hashes, keep)
+            yield from self._claimed(rows, hashes, keep, order)
             if self._waiting_rows >= GX_BATCH_ROWS:
                 with timed("validation"):
                     rows, hashes = self._decide_waiting()
@@ -245,14 +245,16 @@ class UploadRefiner:
                 rows, hashes = self._decide_waiting()
             yield from self._claimed(rows, hashes)
 
-    def _claimed(self, rows: _Rows, hashes: np.ndarray | None,
-                 keep: np.ndarray | None = None) -> Iterator[pa.Table]:
+    def _claimed(self, rows: _Rows, hashes: np.ndarray | None, keep: np.ndarray | None = None,
+                 order: np.ndarray | None = None) -> Iterator[pa.Table]:
         """The rows of `keep` (None: all) that no committed upload holds and this upload
         did not keep yet (claimed now: only rows that met the contract enter the row
-        index), in one filter."""
+        index), in one filter. `order`: an argsort of `hashes`, if known."""
         if hashes is not None and len(hashes):
             with self._stage("row_index"):
-                claimed = self.row_index.claim(hashes if keep is None else hashes[keep])
+                if order is not None and keep is not None:
+                    order = kept_order(order, keep)
+                claimed = self.row_index.claim(hashes if keep is None else hashes[keep], order)
                 self.report.duplicates_of_earlier_uploads += int(len(claimed) - claimed.sum())
                 if keep is None:
                     keep = claimed

@@ -13,7 +13,7 @@ import pytest
 from data_platform import layout
 from data_platform.catalog import Catalog, Identity, IndexChanged
 from data_platform import dedup
-from data_platform.dedup import RowIndex, first_occurrences, row_hashes
+from data_platform.dedup import RowIndex, first_occurrences, first_occurrences_sorted, kept_order, row_hashes
 from data_platform.indexes import RunStore, SortedKeys
 from data_platform.ingestion import ingest_pending
 from data_platform.intake import scan_landing
@@ -111,6 +111,19 @@ def test_first_occurrences_within_a_table():
     expected = np.zeros(len(hashes), dtype=bool)
     expected[[hashes.tolist().index(v) for v in set(hashes.tolist())]] = True
     assert (first_occurrences(hashes) == expected).all()
+
+
+def test_first_occurrences_come_with_the_order_of_their_hashes_and_of_any_subset():
+    # The claim reuses the sort that found a table's first occurrences (no second sort).
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 2, 17, 5000):
+        hashes = rng.integers(-60, 60, n).astype(np.int64) * (1 << 40)
+        mask, order = first_occurrences_sorted(hashes)
+        assert (mask == first_occurrences(hashes)).all()
+        distinct = hashes[mask]
+        assert (order == np.argsort(distinct)).all()
+        keep = rng.random(len(distinct)) < 0.7
+        assert (kept_order(order, keep) == np.argsort(distinct[keep])).all()
 
 
 def row_index(store, catalog, tenant="acme", dataset="tickets") -> RowIndex:
