@@ -151,14 +151,9 @@ def _connection():
     return con
 
 
-def first_occurrences(hashes: np.ndarray) -> np.ndarray:
-    """Boolean mask: True for the first row of each distinct hash."""
-    return first_occurrences_sorted(hashes)[0]
-
-
 def first_occurrences_sorted(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(`first_occurrences`, the order of those rows' hashes: an argsort of
-    `hashes[mask]`, for `RowIndex.claim`). Sorted by numpy's vectorised (unstable)
+    """(mask: True for the first row of each distinct hash, the order of those rows'
+    hashes: an argsort of `hashes[mask]`, for `RowIndex.claim`). Sorted by numpy's vectorised (unstable)
     argsort, the first row of each run of equal hashes is the lowest index in it: ~4x
     faster than np.unique's stable sort (0.9 -> 0.2 ms per 16k)."""
     n = len(hashes)
@@ -213,9 +208,9 @@ class RowIndex:
         """True for rows to keep: first in this table and held by no committed upload nor
         earlier in this upload."""
         hashes = row_hashes(table)
-        first = first_occurrences(hashes)
+        first, order = first_occurrences_sorted(hashes)
         keep = np.zeros(len(hashes), dtype=bool)
-        keep[np.flatnonzero(first)] = self.claim(hashes[first])
+        keep[np.flatnonzero(first)] = self.claim(hashes[first], order)
         return keep
 
     def claim(self, hashes: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
