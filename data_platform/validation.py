@@ -422,6 +422,8 @@ def _bad_positions(values: pa.Array, cast, linear: bool = False) -> list[int]:
         # the generator's: 1.3 ms, 5 distinct values).
         verdicts: dict = {}
         for i, value in enumerate(values.to_pylist()):
+            if isinstance(value, list | dict):  # nested values: not hashable, cast each
+                value = object()
             fails = verdicts.get(value)
             if fails is None:
                 try:

@@ -257,6 +257,19 @@ def test_repeated_suspect_values_are_each_decided(validator):
     assert result.failing_rows == expected and len(expected) == 64
 
 
+def test_suspects_that_are_nested_values_are_cast_one_by_one():
+    # Lists and structs cannot key the per-value verdicts: each is cast on its own.
+    from data_platform.validation import _bad_positions
+
+    def cast(values, mode="either"):
+        if values.to_pylist() != [[3]]:
+            raise pa.ArrowInvalid("does not fit")
+        return values
+
+    assert _bad_positions(pa.array([[1, 2], [3], [1, 2], None]), cast, linear=True) == [0, 2, 3]
+    assert _bad_positions(pa.array([{"a": 1}, {"a": 1}]), cast, linear=True) == [0, 1]
+
+
 def test_impossible_days_are_found_in_the_string_buffers():
     """Days past their month's end (leap years by the Gregorian rules) are unmarked,
     read from the buffers of string, large and sliced arrays; the rest stay sure."""
