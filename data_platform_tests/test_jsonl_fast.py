@@ -126,6 +126,37 @@ def test_a_wrong_newline_count_gives_the_block_back():
     assert flat.parse(block[:-1], 2).num_rows == 3  # the last line without its newline
 
 
+def test_newlines_are_counted_and_found_at_every_position_of_their_64_byte_windows():
+    """The kernel finds newlines 64 bytes at a time (16 per vector compare, summed every
+    255 vectors): lines of every length from 0 to 130 bytes, blocks ending anywhere, and
+    runs of newlines long enough to fill the per-lane counts."""
+    rng = random.Random(7)
+    for size in [*range(0, 140), 4079, 4080, 4081, 70_000]:
+        buf = bytes(rng.choice(b"ab\n") for _ in range(size))
+        assert jsonl_kernel.count_lines(buf) == buf.count(b"\n"), size
+    assert jsonl_kernel.count_lines(b"\n" * 100_003) == 100_003
+    flat = _FlatRows(SCHEMA)
+    rows = [json.dumps({"s": "x" * n, "i": n}, separators=(",", ":")) for n in range(0, 121)]
+    rng.shuffle(rows)
+    block = "\n".join(rows).encode()  # the last line without its newline
+    for cut in range(0, len(block), 37):  # blocks ending at every offset of a window
+        head = block[:block.rfind(b"\n", 0, cut + 1) + 1] if cut else block
+        if head:
+            assert_same(flat.parse(head), arrow_table(head, SCHEMA))
+
+
+def test_names_with_quotes_or_backslashes_are_matched_only_through_their_escapes():
+    """A key's raw bytes are compared in place with the expected name only where the
+    name holds no quote, backslash or control byte; those names' keys are escaped in
+    JSON, so the kernel gives their blocks back and Arrow reads them."""
+    schema = pa.schema([("a\\", pa.int64()), ('q"', pa.int64()), ("s", pa.string())])
+    block = lines(json.dumps({"a\\": 1, 'q"': 2, "s": "x"}), json.dumps({"s": "y"}))
+    assert _FlatRows(schema).parse(block) is None
+    assert arrow_table(block, schema).to_pylist() == [{"a\\": 1, 'q"': 2, "s": "x"}, {"a\\": None, 'q"': None, "s": "y"}]
+    plain = lines(json.dumps({"s": "y"}), '{"s": "z"}')
+    assert check(plain, schema).column("s").to_pylist() == ["y", "z"]
+
+
 def test_string_buffers_grow_past_a_small_first_reservation():
     flat = _FlatRows(SCHEMA)
     block = lines(*(json.dumps({"s": f"{i}-" + "y" * (i % 300), "t": "é" * (i % 50)}) for i in range(2000)))

@@ -32,6 +32,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* KIND_ARROW: a column whose JSON strings only Arrow may convert (timestamps: its ISO
  * 8601 parser decides what is a timestamp): each row's raw tokens of such columns go to
@@ -42,6 +45,7 @@ typedef struct {
     char kind;
     const char *name;
     Py_ssize_t name_len;
+    int plain_name; /* no '"', '\\' or control byte: a key's raw bytes equal to it are it */
     PyObject *validity, *values, *data; /* pyarrow buffers (data: strings only) */
     uint8_t *valid;
     uint8_t *out;    /* int64 / double values, bool bitmap, or string offsets (int32) */
@@ -507,11 +511,19 @@ static int parse_line(Parser *ps, int64_t row, const uint8_t *p, const uint8_t *
         for (;;) {
             if (p >= end || *p != '"')
                 return 0;
-            const uint8_t *key = ++p;
-            const uint8_t *q = memchr(p, '"', (size_t)(end - p));
-            if (!q || memchr(key, '\\', (size_t)(q - key)))
-                return 0;
-            Column *c = find_column(ps, key, q - key, guess);
+            const uint8_t *key = ++p, *q;
+            Column *c = guess < ps->ncols ? &ps->cols[guess] : NULL;
+            /* keys usually come in the schema's order: the expected name is compared
+             * in place, without searching for the closing quote first */
+            if (c && c->plain_name && end - key > c->name_len && key[c->name_len] == '"'
+                && memcmp(key, c->name, (size_t)c->name_len) == 0) {
+                q = key + c->name_len;
+            } else {
+                q = memchr(p, '"', (size_t)(end - p));
+                if (!q || memchr(key, '\\', (size_t)(q - key)))
+                    return 0;
+                c = find_column(ps, key, q - key, guess);
+            }
             if (!c || c->seen_row == row)
                 return 0;
             guess = (int)(c - ps->cols) + 1;
@@ -557,12 +569,67 @@ static void release_columns(Column *cols, int n) {
     PyMem_Free(cols);
 }
 
+/* Newlines are found 64 bytes at a time (a bit per byte) rather than by a memchr per
+ * line: at ~500-byte lines the calls' set-up cost as much as the whole parse. */
+static inline uint64_t newline_bits(const uint8_t *p, const uint8_t *end) {
+    uint8_t tail[64];
+    if (end - p < 64) { /* never read past the block */
+        memset(tail, 0, sizeof tail);
+        memcpy(tail, p, (size_t)(end - p));
+        p = tail;
+    }
+#ifdef __SSE2__
+    const __m128i nl = _mm_set1_epi8('\n');
+    uint64_t bits = 0;
+    for (int i = 0; i < 4; i++)
+        bits |= (uint64_t)(uint16_t)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), nl))
+                << (16 * i);
+    return bits;
+#else
+    uint64_t bits = 0;
+    for (int i = 0; i < 64; i++)
+        bits |= (uint64_t)(p[i] == '\n') << i;
+    return bits;
+#endif
+}
+
+/* The newlines of [p, end) in order: a 64-byte window and its newline bits not yet taken. */
+typedef struct {
+    const uint8_t *at, *end;
+    uint64_t bits;
+} Newlines;
+
+static inline Newlines newlines_of(const uint8_t *p, const uint8_t *end) {
+    return (Newlines){p, end, p < end ? newline_bits(p, end) : 0};
+}
+
+/* The next newline, or NULL when there is none. */
+static inline const uint8_t *next_newline(Newlines *n) {
+    while (!n->bits) {
+        if (n->end - n->at <= 64)
+            return NULL;
+        n->at += 64;
+        n->bits = newline_bits(n->at, n->end);
+    }
+    const uint8_t *q = n->at + __builtin_ctzll(n->bits);
+    n->bits &= n->bits - 1;
+    return q;
+}
+
 static int64_t newlines_in(const uint8_t *p, const uint8_t *end) {
     int64_t n = 0;
-    while (p < end && (p = memchr(p, '\n', (size_t)(end - p)))) {
-        n++;
-        p++;
+#ifdef __SSE2__
+    const __m128i nl = _mm_set1_epi8('\n'), zero = _mm_setzero_si128();
+    while (end - p >= 16) {
+        __m128i counts = zero; /* per byte lane: at most 255 before they are summed */
+        for (int i = 0; i < 255 && end - p >= 16; i++, p += 16)
+            counts = _mm_sub_epi8(counts, _mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)p), nl));
+        __m128i sums = _mm_sad_epu8(counts, zero);
+        n += _mm_cvtsi128_si64(sums) + _mm_cvtsi128_si64(_mm_unpackhi_epi64(sums, sums));
     }
+#endif
+    for (; p < end; p++)
+        n += *p == '\n';
     return n;
 }
 
@@ -628,6 +695,10 @@ static PyObject *parse(PyObject *self, PyObject *args) {
         c->kind = ((const char *)kinds.buf)[k];
         c->name = PyBytes_AS_STRING(name);
         c->name_len = PyBytes_GET_SIZE(name);
+        c->plain_name = 1;
+        for (Py_ssize_t i = 0; i < c->name_len; i++)
+            if (c->name[i] == '"' || c->name[i] == '\\' || (uint8_t)c->name[i] < 0x20)
+                c->plain_name = 0;
         c->seen_row = -1;
         int64_t values;
         switch (c->kind) {
@@ -680,12 +751,13 @@ static PyObject *parse(PyObject *self, PyObject *args) {
     int ok = 1;
     ps.released = PyEval_SaveThread();
     int64_t row = 0;
+    Newlines lines = newlines_of(data, end);
     for (const uint8_t *p = data; p < end && ok; row++) {
         if (row >= rows) { /* more lines than the caller counted */
             ok = 0;
             break;
         }
-        const uint8_t *nl = memchr(p, '\n', (size_t)(end - p));
+        const uint8_t *nl = next_newline(&lines);
         const uint8_t *line_end = nl ? nl : end;
         ok = parse_line(&ps, row, p, line_end);
         p = nl ? nl + 1 : end;
