@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from data_platform._native import rowhash_kernel
 from data_platform.catalog import IndexRun, StagedRun
-from data_platform.indexes import RunStore, SortedKeys
+from data_platform.indexes import ROWS, RunStore, SortedKeys
 
 # DuckDB's hash of a NULL of any type, and the two constants of its hash combination.
 _NULL_HASH = np.uint64(0xBF58476D1CE4E5B9)
@@ -180,7 +180,7 @@ class RowIndex:
     committed upload (loaded from the registered runs, then kept up to date), plus the
     rows the upload being ingested keeps. Reused across the uploads of one run."""
 
-    KIND = "rows"
+    KIND = ROWS
 
     def __init__(self, runs: RunStore):
         self.runs = runs

@@ -97,7 +97,7 @@ from data_platform.catalog import (
     ERASURE_DONE, ERASURE_STARTED, INGESTED, QUARANTINED, Catalog, ErasureLeaseLost, RetentionMove, Upload,
     fewer_counts,
 )
-from data_platform.indexes import RUN_PARQUET_OPTIONS, SUBJECTS, uploads_holding_subject
+from data_platform.indexes import ROWS, SUBJECTS, run_parquet_options, uploads_holding_subject
 from data_platform.privacy import (
     REDACTED, Pseudonymizer, kind_of_value, redact_pattern, sorted_distinct, subject_keys_of, value_pattern,
     value_regex,
@@ -649,7 +649,7 @@ class _Run:
             step = self.steps.get(key)
             if step is not None and step.state == DONE:
                 continue
-            if kind == "rows":
+            if kind == ROWS:
                 # Hashes of the raw rows as uploaded (sorted, not row-aligned): neither the erased
                 # rows' entries can be told apart nor the run rebuilt from pseudonymised data.
                 out.append(_Step(key, "index_run:rows", NOT_REWRITTEN, DONE, u.id, {
@@ -677,7 +677,7 @@ class _Run:
                     pa.array(shifted[keep], run.schema.field("row").type))
                 new = new.replace_schema_metadata(run.schema.metadata)
             new_local = self._tmp / f"run-{kind}.new.parquet"
-            pq.write_table(new, new_local, **RUN_PARQUET_OPTIONS)
+            pq.write_table(new, new_local, **run_parquet_options(kind, new.schema))
             step = _Step(key, f"index_run:{kind}", REWRITTEN, WRITING, u.id, {
                 "before": {"key": key, "sha256": current_sha, "rows": run.num_rows, "bytes": local.stat().st_size},
                 "after": {"key": key, "sha256": _sha(new_local), "rows": new.num_rows,
