@@ -32,4 +32,8 @@ setup(ext_modules=[
     # (data_platform/dedup.py): rows hashed without loading DuckDB into the ingestion.
     Extension("data_platform._native.rowhash_kernel", ["data_platform/_native/rowhash_kernel.c"],
               extra_compile_args=COMMON, depends=STRINGS),
+    # Rows of a string column copied into exactly sized buffers (data_platform/selection.py):
+    # Arrow's filter grows its output, faulting in fresh pages at every growth.
+    Extension("data_platform._native.select_kernel", ["data_platform/_native/select_kernel.c"],
+              extra_compile_args=COMMON, depends=STRINGS),
 ])

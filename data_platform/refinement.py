@@ -34,6 +34,7 @@ from data_platform.privacy import (
 )
 from data_platform.quality import QualityReport, UploadQuality
 from data_platform.readers import RAW_ROW_LIMIT, OnRejected, RejectedRow, read_ahead
+from data_platform.selection import filter_column, filter_rows
 from data_platform.validation import ContractValidator, ExpectationOutcome, PreparedTable, merge_outcomes
 
 
@@ -84,8 +85,8 @@ class _Rows:
         as stand-ins."""
         if first is None:
             return cls(whole, None, whole)
-        mask = pa.array(first)
-        n = int(first.sum())
+        rows, mask = np.flatnonzero(first), pa.array(first)
+        n = len(rows)
         columns, stand_ins = [], set()
         for i, f in enumerate(whole.schema):
             if f.name in deferred:
@@ -95,8 +96,8 @@ class _Rows:
                     continue
                 except (pa.ArrowException, TypeError, ValueError):  # a type without nulls of its own
                     pass
-            columns.append(whole.column(i).filter(mask))
-        return cls(whole, np.flatnonzero(first), pa.Table.from_arrays(columns, schema=whole.schema),
+            columns.append(filter_column(whole.column(i), first, rows, mask))
+        return cls(whole, rows, pa.Table.from_arrays(columns, schema=whole.schema),
                    frozenset(stand_ins))
 
     def in_whole(self, rows: np.ndarray) -> np.ndarray:
@@ -111,14 +112,16 @@ class _Rows:
         """`table`'s rows where `keep` is True (None: all), the deferred columns filled in."""
         if keep is not None and keep.all():
             keep = None
-        table = self.table if keep is None else self.table.filter(pa.array(keep))
+        table = self.table if keep is None else filter_rows(self.table, keep)
         if not self.deferred:
             return table
         in_whole = np.zeros(self.whole.num_rows, dtype=bool)
-        in_whole[self.at if keep is None else self.at[keep]] = True
+        rows = self.at if keep is None else self.at[keep]
+        in_whole[rows] = True
         mask = pa.array(in_whole)
-        return pa.Table.from_arrays([self.whole.column(f.name).filter(mask) if f.name in self.deferred
-                                     else table.column(i) for i, f in enumerate(table.schema)], schema=table.schema)
+        return pa.Table.from_arrays([filter_column(self.whole.column(f.name), in_whole, rows, mask)
+                                     if f.name in self.deferred else table.column(i)
+                                     for i, f in enumerate(table.schema)], schema=table.schema)
 
 
 @dataclass
@@ -312,7 +315,7 @@ class UploadRefiner:
             report["matched_uploads"] = {str(u): n for u, n in self._near_dup_matches.most_common(20)}
         if self.near_dup_action == "drop":
             report["dropped"] += int(near.sum())
-            return table.filter(pa.array(~near)) if near.any() else table
+            return filter_rows(table, ~near) if near.any() else table
         report["flagged"] += int(near.sum())
         upload = pa.array(np.where(near, found.matched_upload, 0), pa.int64(), mask=~near)
         row = pa.array(np.where(near, found.matched_row, 0), pa.int64(), mask=~near)
@@ -434,7 +437,7 @@ class UploadRefiner:
                 at = np.searchsorted(w.prepared.gx_rows, rows)
                 self._reject(w.raw, at, w.first_record + rows, [failing[i] for i in rows.tolist()])
                 keep[at] = False
-            tables.append(w.typed.filter(pa.array(keep)))
+            tables.append(filter_rows(w.typed, keep))
             if w.hashes is not None:
                 hashes.append(w.hashes[keep])
         table = pa.concat_tables(tables)
