@@ -590,31 +590,27 @@ def _repeating_columns(table: pa.Table) -> list[str]:
 
 _M_ARENA_MAX = -8  # mallopt parameter (glibc's malloc.h)
 MALLOC_ARENAS = 2
-# How long jemalloc keeps freed pages before giving them back. At 0 every table's buffers
-# were fresh pages, faulted in and zeroed by the kernel, then handed back (madvise): ~20%
-# of the ingestion's CPU went to the kernel (1 GB: 6.7-8.1 s of system time, against
-# 2.8-3.1 s at 1000 ms), for ~30 MB less at the peak RSS (1 GB: 541-544 MB against 572-575).
-# Between the two, 500 ms: once the pipeline's other costs fell, the peak at 1000 ms came
-# to 586-617 MB (1 GB, 11 runs); at 500 ms 567-596 MB (6 runs), for ~0.15 s more system
-# time and no change in wall time (7.0-7.1 s either way, interleaved runs).
-JEMALLOC_DECAY_MS = 500
 
 
 def _use_returning_allocators() -> None:
-    """Arrow's allocations from a jemalloc pool that gives freed pages back after
-    JEMALLOC_DECAY_MS, and at most MALLOC_ARENAS glibc arenas for threads started from now on.
+    """Arrow's allocations from jemalloc, and at most MALLOC_ARENAS glibc arenas for
+    threads started from now on.
 
     Tables pass through five threads. Arrow's default allocator (mimalloc) keeps freed
     blocks for reuse (200 MB of JSONL: peak RSS 834 MB); glibc's malloc, with an arena per
     thread and big blocks kept in them once its mmap threshold has risen, held ~60 MB more
-    than jemalloc without decay (773 against 712 MB). What is still malloc'ed (numpy,
-    Python objects, kernels' outputs) was spread over an arena per thread (parse,
-    refinement, writer, senders, pools), each keeping its own free memory: two arenas
-    saved ~25 MB at the peak of a 1 GB upload, for no measurable speed (the GIL serialises
-    most of those allocations anyway)."""
+    than jemalloc without decay (773 against 712 MB). jemalloc keeps freed pages for 1 s
+    (Arrow's setting), in one arena for all threads (see data_platform/__init__.py). Given
+    back at once, every table's buffers were fresh pages, faulted in and zeroed by the
+    kernel (~20% of the CPU); with an arena per thread, 1 s cost up to 40 MB at the peak
+    over 0.5 s, which was used until the one arena: 1 GB upload, page faults 239-254k ->
+    164-172k and peak RSS 523-537 -> 492-516 MB (with rows filtered by `selection`).
+    What is still malloc'ed (numpy, Python objects, kernels' outputs) was spread over an
+    arena per thread (parse, refinement, writer, senders, pools), each keeping its own free
+    memory: two arenas saved ~25 MB at the peak of a 1 GB upload, for no measurable speed
+    (the GIL serialises most of those allocations anyway)."""
     try:
         pool = pa.jemalloc_memory_pool()
-        pa.jemalloc_set_decay_ms(JEMALLOC_DECAY_MS)
     except NotImplementedError:  # a pyarrow built without jemalloc
         pool = pa.system_memory_pool()
     pa.set_memory_pool(pool)

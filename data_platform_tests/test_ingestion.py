@@ -3,6 +3,9 @@ catalog on SQLite and on PostgreSQL: what lands, where it goes, and nothing lost
 
 import gzip
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pytest
@@ -223,3 +226,36 @@ def test_upload_that_keeps_failing_is_quarantined_after_max_attempts(local_store
     upload = status(sqlite_catalog, "landing/acme/tickets/a.jsonl")
     assert (upload.state, upload.reason) == (QUARANTINED, "ingestion_failed")
     assert "disk on fire" in json.loads(local_store.get_bytes(upload.object_key + "report.json"))["detail"]
+
+
+ARENA_PROBE = """
+import sys, threading
+if sys.argv[1] == "platform":
+    import data_platform
+import pyarrow as pa
+pool = pa.jemalloc_memory_pool()
+block = pa.allocate_buffer(4 << 20, memory_pool=pool)
+page = block.address >> 12  # jemalloc starts a large block anywhere in its first page
+del block
+other = []
+thread = threading.Thread(target=lambda: other.append(pa.allocate_buffer(4 << 20, memory_pool=pool).address >> 12))
+thread.start(); thread.join()
+print("reused" if other[0] == page else "fresh")
+"""
+
+
+def test_importing_the_platform_first_gives_arrow_one_jemalloc_arena_for_all_threads():
+    """A block one thread frees is the next another allocates (tables are parsed in one
+    thread and freed in another): Arrow's jemalloc reads its options when pyarrow loads,
+    so the package sets them on import. Without it, the other thread's arena gives fresh
+    pages; a value the environment sets wins."""
+    env = {k: v for k, v in os.environ.items() if k != "JE_ARROW_MALLOC_CONF"}
+
+    def probe(mode: str, **extra: str) -> str:
+        out = subprocess.run([sys.executable, "-c", ARENA_PROBE, mode], env={**env, **extra},
+                             capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    assert probe("platform") == "reused"
+    assert probe("pyarrow alone") == "fresh"
+    assert probe("platform", JE_ARROW_MALLOC_CONF="narenas:4") == "fresh"
