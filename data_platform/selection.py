@@ -4,7 +4,7 @@ Arrow's filter and take build a string column's values with a growing builder: e
 growth copies what was written into a new allocation, and those are pages never touched
 before, faulted in and zeroed by the kernel. Filtering the benchmark's text column table
 by table came out of ~0.8 fresh bytes per byte kept (1 GB of JSON Lines: ~75k page
-faults for that column alone, a quarter of the ingestion's). Here the kept values'
+faults for that column alone, a third of the ingestion's). Here the kept values'
 lengths are summed first, the data buffer is allocated at that size (memory the
 allocator has just had back, in the steady state), and `_native/select_kernel.c` copies
 the values in, a run of consecutive rows at a time. Other columns are Arrow's to
