@@ -600,11 +600,12 @@ def _use_returning_allocators() -> None:
     blocks for reuse (200 MB of JSONL: peak RSS 834 MB); glibc's malloc, with an arena per
     thread and big blocks kept in them once its mmap threshold has risen, held ~60 MB more
     than jemalloc without decay (773 against 712 MB). jemalloc keeps freed pages for 1 s
-    (Arrow's setting), in one arena for all threads (see data_platform/__init__.py). Given
+    (Arrow's setting) in one arena for all threads (see data_platform/__init__.py). Given
     back at once, every table's buffers were fresh pages, faulted in and zeroed by the
-    kernel (~20% of the CPU); with an arena per thread, 1 s cost up to 40 MB at the peak
-    over 0.5 s, which was used until the one arena: 1 GB upload, page faults 239-254k ->
-    164-172k and peak RSS 523-537 -> 492-516 MB (with rows filtered by `selection`).
+    kernel (~20% of the CPU). With an arena per thread, keeping them 1 s cost up to 40 MB
+    more at the peak than 0.5 s, so 0.5 s was set here; with one arena, 1 s is both
+    leaner and cheaper (1 GB upload, against an arena per thread at 0.5 s: page faults
+    239-254k -> 164-172k, peak RSS 523-537 -> 492-516 MB, with `selection`'s filters).
     What is still malloc'ed (numpy, Python objects, kernels' outputs) was spread over an
     arena per thread (parse, refinement, writer, senders, pools), each keeping its own free
     memory: two arenas saved ~25 MB at the peak of a 1 GB upload, for no measurable speed

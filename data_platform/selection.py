@@ -3,7 +3,7 @@
 Arrow's filter and take build a string column's values with a growing builder: every
 growth copies what was written into a new allocation, and those are pages never touched
 before, faulted in and zeroed by the kernel. Filtering the benchmark's text column table
-by table came out of ~0.8 fresh bytes per byte kept (1 GB of JSON Lines: ~75k page
+by table came out of ~0.8 fresh bytes per byte kept (1 GB of JSON Lines: ~79k page
 faults for that column alone, a third of the ingestion's). Here the kept values'
 lengths are summed first, the data buffer is allocated at that size (memory the
 allocator has just had back, in the steady state), and `_native/select_kernel.c` copies
