@@ -21,6 +21,9 @@ Contenders, all JSONL -> Parquet (zstd):
            validation with GX, row dedup, pseudonymisation, near-duplicates, quality,
            Parquet, upload, catalog) and checks the upload is `fresh` with every row
            accounted for. Each stage's seconds are printed with their shares.
+  ours-local  the same on a local-directory store (the landing file hard-linked in,
+           not timed): no endpoint on the same cores. Not a target (the issue's is on
+           the S3 endpoint); it shows what the endpoint costs, round by round.
 
 Writes benchmarks/results/ingest.json and exits 1 if a target is missed.
 """
@@ -42,7 +45,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-CONTENDERS = ("pyarrow", "pandas", "ours")
+CONTENDERS = ("pyarrow", "pandas", "ours", "ours-local")
 BUCKET = "bench-ingest"
 TENANT, DATASET = "bench", "events"
 BLOCK_BYTES = 16 * 1024 * 1024
@@ -86,7 +89,11 @@ def child_pandas(inp: Path, out: Path, _args) -> dict:
     return {"seconds": time.perf_counter() - t, "rows": len(df)}
 
 
-def child_ours(inp: Path, _out: Path, args) -> dict:
+def child_ours_local(inp: Path, out: Path, args) -> dict:
+    return child_ours(inp, out, args, local=True)
+
+
+def child_ours(inp: Path, _out: Path, args, local: bool = False) -> dict:
     import data_platform  # noqa: F401 - first, as in the platform's processes: it sets Arrow's allocator options
 
     import pyarrow.parquet as pq
@@ -116,7 +123,12 @@ def child_ours(inp: Path, _out: Path, args) -> dict:
         contracts.mkdir(parents=True)
         (contracts / f"{DATASET}.yaml").write_text(CONTRACT.read_text())
         os.environ["DATA_PLATFORM_CONTRACTS_DIR"] = str(contracts.parent)
-        store = open_store(f"s3://{BUCKET}")
+        if local:
+            root = Path(tmp) / "store"
+            _link_or_copy(inp, root / landing_key)  # not timed, like the PUT for the endpoint
+            store = open_store(str(root))
+        else:
+            store = open_store(f"s3://{BUCKET}")
         catalog = Catalog(f"sqlite:///{tmp}/catalog.db")  # migrations: not timed
         profiler = _profiler(args)
         cpu0 = os.times()
@@ -154,6 +166,16 @@ def child_ours(inp: Path, _out: Path, args) -> dict:
             "output_bytes": data_bytes}
 
 
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # the store deletes its landing object: only this link goes
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, dst)
+
+
 def _profiler(args):
     if not args.profile_to:
         return None
@@ -177,7 +199,8 @@ def _dump_profile(prof, args) -> None:
 def run_child(args) -> int:
     inp = Path(args.input)
     out = Path(args.output)
-    fn = {"pyarrow": child_pyarrow, "pandas": child_pandas, "ours": child_ours}[args.child]
+    fn = {"pyarrow": child_pyarrow, "pandas": child_pandas, "ours": child_ours,
+          "ours-local": child_ours_local}[args.child]
     try:
         res = fn(inp, out, args)
         if out.exists():
@@ -326,6 +349,12 @@ def evaluate(runs: list[dict], inputs, contenders) -> dict:
         if not r["ok"]:
             targets.append({"target": f"{r['contender']} on {r['input']} runs", "value": r.get("error"),
                             "ok": False})
+    local = get("ours-local", main_name)
+    if local and local["ok"] and pa_ and pa_["ok"]:  # information, not a target
+        ratios["ours_local_vs_pyarrow"] = local["mb_per_s"] / pa_["mb_per_s"]
+        ratios["ours_local_vs_pyarrow_per_round"] = [
+            round(p / o, 3) for p, o in zip(pa_.get("seconds_per_repeat", []), local.get("seconds_per_repeat", []))
+            if p and o]
     if ours and ours["ok"]:
         if pa_ and pa_["ok"]:
             ratios["ours_vs_pyarrow"] = ours["mb_per_s"] / pa_["mb_per_s"]
@@ -369,14 +398,15 @@ def print_report(report: dict) -> None:
         else:
             rows.append([r["contender"], f"{r['input_mb']:.0f}", "FAILED", "-", "-", "-"])
     print(table(["contender", "input MB", "rows", "seconds", "MB/s", "peak RSS MB"], rows))
-    ours = [r for r in report["runs"] if r["contender"] == "ours" and r["ok"]]
+    ours = [r for r in report["runs"] if r["contender"] in ("ours", "ours-local") and r["ok"]]
     for r in ours:
-        print(f"ours on {r['input_mb']:.0f} MB: scan_landing {r['scan_seconds']:.2f} s, "
+        endpoint = (f"; the S3 endpoint (moto, same cores) {r.get('endpoint_cpu_user_seconds', 0):.1f} s user + "
+                    f"{r.get('endpoint_cpu_system_seconds', 0):.1f} s system" if r["contender"] == "ours" else "")
+        print(f"{r['contender']} on {r['input_mb']:.0f} MB: scan_landing {r['scan_seconds']:.2f} s, "
               f"ingest_pending {r['ingest_seconds']:.1f} s, {r['quarantined_rows']} rows quarantined; "
               f"untimed once-per-process setup (GX import, language model) {r.get('setup_seconds', 0):.1f} s; "
-              f"CPU {r.get('cpu_user_seconds', 0):.1f} s user + {r.get('cpu_system_seconds', 0):.1f} s system; "
-              f"the S3 endpoint (moto, same cores) {r.get('endpoint_cpu_user_seconds', 0):.1f} s user + "
-              f"{r.get('endpoint_cpu_system_seconds', 0):.1f} s system")
+              f"CPU {r.get('cpu_user_seconds', 0):.1f} s user + {r.get('cpu_system_seconds', 0):.1f} s system"
+              f"{endpoint}")
         stages = r.get("stage_seconds") or {}
         if stages:
             # Seconds inside each stage; parse and write run in their own threads, overlapping
@@ -389,6 +419,11 @@ def print_report(report: dict) -> None:
     per_round = report["ratios"].get("ours_vs_pyarrow_per_round")
     if per_round and len(per_round) > 1:
         print(f"ours vs pyarrow in each round of the repeats: {', '.join(f'{x:.2f}' for x in per_round)}")
+    local = report["ratios"].get("ours_local_vs_pyarrow")
+    if local is not None:
+        rounds = report["ratios"].get("ours_local_vs_pyarrow_per_round") or []
+        print(f"ours-local vs pyarrow (no endpoint; information, not a target): {local:.2f}"
+              + (f" (each round: {', '.join(f'{x:.2f}' for x in rounds)})" if len(rounds) > 1 else ""))
     print()
     print(table(["target", "measured", "ok"],
                 [[t["target"], f"{t['value']:.2f}" if isinstance(t["value"], float) else t["value"],
