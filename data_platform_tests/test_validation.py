@@ -11,6 +11,7 @@ from datetime import UTC, date, datetime
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from data_platform.contracts import ColumnSpec, Contract
@@ -270,27 +271,91 @@ def test_suspects_that_are_nested_values_are_cast_one_by_one():
     assert _bad_positions(pa.array([{"a": 1}, {"a": 1}]), cast, linear=True) == [0, 1]
 
 
-def test_impossible_days_are_found_in_the_string_buffers():
-    """Days past their month's end (leap years by the Gregorian rules) are unmarked,
-    read from the buffers of string, large and sliced arrays; the rest stay sure."""
-    from data_platform.validation import _drop_impossible_days
+# The shapes the compiled scan (`_iso_shapes`, `_native/shape_kernel.c`) accepts, as
+# RE2 patterns: its specification. The calendar (no 30 February) is checked beside them.
+_ISO_DATE = r"\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+_ISO_SHAPES = {
+    "timestamp": rf"^{_ISO_DATE}(?:[T ](?:[01]\d|2[0-3])(?::[0-5]\d(?::[0-5]\d(?:\.\d{{1,6}})?)?)?"
+                 r"(?:Z|[+-]\d{2}(?::?\d{2})?)?)?$",
+    "date": rf"^{_ISO_DATE}$",
+}
 
-    rng = random.Random(3)
-    values, real = [], []
-    for _ in range(3000):
-        y, m, d = rng.choice([1900, 2000, 2023, 2024, 2100, 1999]), rng.randint(1, 12), rng.randint(28, 31)
-        values.append(f"{y:04d}-{m:02d}-{d:02d}" + rng.choice(["", "T10:00:00Z", " 23:59:59.5+02:00"]))
-        try:
-            real.append(date(y, m, d) is not None)
-        except ValueError:
-            real.append(False)
-    values[5], real[5] = None, True  # nulls are not looked at
-    assert 0.1 < real.count(False) / len(real) < 0.5
+
+def _on_calendar(value: str) -> bool:
+    """The day is in its month. Year 0000 counts, a leap year, as in Arrow's cast (the
+    proleptic Gregorian calendar), which `datetime.date` refuses."""
+    import calendar
+
+    year, month, day = int(value[:4]), int(value[5:7]), int(value[8:10])
+    return 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+
+
+def _iso_like_values(n: int, seed: int) -> list[str | None]:
+    """Dates and timestamps of every shape, near misses of each (a character replaced,
+    dropped or added anywhere), days past their month's end, non-ASCII digits."""
+    rng = random.Random(seed)
+    alphabet = "0123456789-:T Z+.x\u0663\u00e9"
+    values: list[str | None] = []
+    while len(values) < n:
+        y = rng.choice([1900, 2000, 2023, 2024, 2100, 1999, 0, 9999])
+        v = f"{y:04d}-{rng.randint(0, 13):02d}-{rng.randint(0, 32):02d}"
+        if rng.random() < 0.8:
+            v += rng.choice("T ") + f"{rng.randint(0, 24):02d}"
+            for part in (f":{rng.randint(0, 60):02d}", f":{rng.randint(0, 60):02d}",
+                         "." + "".join(rng.choice("0123456789") for _ in range(rng.randint(0, 8)))):
+                if rng.random() < 0.7:
+                    v += part
+                else:
+                    break
+            v += rng.choice(["", "", "Z", "+02", "-05:30", "+0530", "+05:", "+5", "Z0", "-1"])
+        for _ in range(rng.choice([0, 0, 0, 1, 2])):  # near misses
+            i = rng.randrange(len(v) + 1)
+            edit = rng.random()
+            if edit < 0.4 and i < len(v):
+                v = v[:i] + rng.choice(alphabet) + v[i + 1:]
+            elif edit < 0.7 and i < len(v):
+                v = v[:i] + v[i + 1:]
+            else:
+                v = v[:i] + rng.choice(alphabet) + v[i:]
+        values.append(v if rng.random() > 0.02 else None)
+    return values
+
+
+@pytest.mark.parametrize("kind", ["timestamp", "date"])
+def test_iso_shapes_match_their_patterns_and_the_calendar(kind):
+    """The compiled scan says "surely castable" exactly where the pattern matches and
+    the day is in its month (leap years by the Gregorian rules), for string, large and
+    sliced arrays; nulls count as sure."""
+    import re
+
+    from data_platform.validation import _iso_shapes
+
+    values = _iso_like_values(20_000, seed=11 if kind == "timestamp" else 12)
+    values += ["2024-02-29", "2023-02-29", "1900-02-29", "2000-02-29", "2024-04-31", "2024-01-01T23:59:59.123456Z",
+               "2024-01-01T23:59:59.1234567Z", "2024-01-01Z", "2024-01-01T10+05", "2024-01-01T10:30:45.5-05:30",
+               "", "2024-01-01\n", "٢٠٢٤-01-01", "0000-02-29T00:00:00Z", "0000-02-30"]
+    pattern = re.compile(_ISO_SHAPES[kind], re.ASCII)
+    expected = [v is None or (pattern.fullmatch(v) is not None and _on_calendar(v)) for v in values]
+    assert 0.05 < sum(expected) / len(expected) < 0.8  # both answers well represented
     for arr in (pa.array(values), pa.array(values, pa.large_string())):
         for start in (0, 17):
-            sure = np.ones(len(values) - start, dtype=bool)
-            _drop_impossible_days(arr.slice(start), sure)
-            assert sure.tolist() == real[start:]
+            assert _iso_shapes(arr.slice(start), timestamp=kind == "timestamp").tolist() == expected[start:]
+    # RE2, the engine the other shapes use, agrees with Python's on the pattern
+    matched = pc.match_substring_regex(pa.array(values), _ISO_SHAPES[kind]).to_pylist()
+    assert [m is None or m for m in matched] == [v is None or pattern.fullmatch(v) is not None for v in values]
+
+
+def test_iso_shape_kernel_refuses_buffers_it_would_read_past():
+    from data_platform._native import shape_kernel
+
+    offsets = np.array([0, 10, 30], dtype=np.int32).tobytes()  # the second value leaves the data
+    with pytest.raises(ValueError):
+        shape_kernel.surely_castable(offsets, b"2024-01-01", 0, 2, False, True, bytearray(2))
+    with pytest.raises(ValueError):  # out too short
+        shape_kernel.surely_castable(offsets, b"2024-01-01", 0, 1, False, True, bytearray(0))
+    out = bytearray(1)
+    shape_kernel.surely_castable(offsets, b"2024-01-01", 0, 1, False, False, out)
+    assert out == b"\x01"
 
 
 def test_integer_column_given_as_floats_or_strings(validator):
