@@ -86,7 +86,16 @@ class Outcome:
     refinement: dict | None = None  # validation and privacy report (RefinementReport.as_dict)
 
 
-_record_json = json.JSONEncoder(ensure_ascii=False).encode  # json.dumps with options builds one per call
+_json_string = json.encoder.encode_basestring  # a str as JSONEncoder(ensure_ascii=False) writes it (C)
+
+
+def _reject_line(row: RejectedRow) -> str:
+    """A rejected row's line of rejected_rows.jsonl: what `json.dumps(row.as_dict(),
+    ensure_ascii=False)` writes, with no dict and no general encoder between (a tenth
+    of the check stage's time per rejected row went into them: ~4 µs of ~13)."""
+    raw = "null" if row.raw is None else _json_string(row.raw)
+    return (f'{{"line": {int(row.line)}, "reason": {_json_string(row.reason)}, '
+            f'"detail": {_json_string(row.detail)}, "raw": {raw}}}\n')
 
 
 class _Rejects:
@@ -107,10 +116,9 @@ class _Rejects:
     def _record(self, row: RejectedRow) -> None:
         self.count += 1
         self.by_reason[row.reason] += 1
-        record = row.as_dict()
         if len(self.samples) < SAMPLE_REJECTS:
-            self.samples.append(record)
-        self._file.write(_record_json(record) + "\n")
+            self.samples.append(row.as_dict())
+        self._file.write(_reject_line(row))
 
     def close(self) -> None:
         self._file.close()

@@ -43,6 +43,26 @@ def test_upload_becomes_fresh_parquet(store, catalog):
     assert upload.sha256 == hashlib.sha256(jsonl(ROWS)).hexdigest()
 
 
+def test_rejected_rows_are_written_as_json_dumps_writes_them(tmp_path):
+    """Each line of rejected_rows.jsonl is what json.dumps(row.as_dict(), ensure_ascii=False)
+    gives, for raw text with quotes, backslashes, control characters, non-ASCII, lone
+    surrogates escaped in JSON, and none at all."""
+    from data_platform.readers import RejectedRow
+
+    raws = ['{"a": "x\\"y"}', "tab\there\nnew line \x00 \x1f \x7f", "ünï 東京 😀", '\\"', "", None,
+            json.dumps({"k": "\ud800"}), "\u2028\u2029"]
+    rows = [RejectedRow(i + 1, f"reason \"{i}\"", f"detail\\{i}\n", raw) for i, raw in enumerate(raws)]
+    rejects = ingestion._Rejects(tmp_path)
+    for row in rows:
+        rejects(row)
+    rejects.close()
+    written = (tmp_path / "rejected_rows.jsonl").read_text(encoding="utf-8")
+    assert written == "".join(json.dumps(r.as_dict(), ensure_ascii=False) + "\n" for r in rows)
+    # split at "\n" only: U+2028 stays raw in the JSON (ensure_ascii=False) and str.splitlines breaks there
+    assert [json.loads(line) for line in written.split("\n")[:-1]] == [r.as_dict() for r in rows]
+    assert rejects.count == len(rows) and rejects.samples == [r.as_dict() for r in rows]
+
+
 def test_bad_rows_go_to_quarantine_with_line_numbers_good_rows_go_on(store, catalog):
     lines = [json.dumps(r) for r in ROWS[:10]]
     lines[4] = "{oops"
