@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -170,9 +171,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)  # the store deletes its landing object: only this link goes
-    except OSError:
-        import shutil
-
+    except OSError:  # another file system
         shutil.copyfile(src, dst)
 
 
