@@ -9,6 +9,7 @@ import getpass
 import json
 import os
 import secrets
+import signal
 import sys
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -605,6 +606,8 @@ COMMANDS = {"upload": cmd_upload, "status": cmd_status, "stats": cmd_stats, "lis
             "features": cmd_features, "backup": cmd_backup, "restore": cmd_restore, "backups": cmd_backups,
             "verify": cmd_verify, "forget": cmd_forget}
 
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a tool SIGPIPE killed
+
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -618,11 +621,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"data-platform {args.command}: {type(err).__name__}: {err}".splitlines()[0], file=sys.stderr)
         return 1
-    if args.json:
-        json.dump(result, sys.stdout, indent=2, default=str)
-        sys.stdout.write("\n")
-    else:
-        _print_human(args.command, result)
+    try:
+        if args.json:
+            json.dump(result, sys.stdout, indent=2, default=str)
+            sys.stdout.write("\n")
+        else:
+            _print_human(args.command, result)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`| head`): the command's work is done, and Python would
+        # print a traceback now and another at exit. Exit as a tool killed by SIGPIPE
+        # does in a shell, saying nothing.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     if isinstance(result, dict) and result.get("ok") is False and result.get("error"):
         # A check that found problems: the report is printed, and the exit code says so.
         print(f"data-platform {args.command}: {result['error']}".splitlines()[0], file=sys.stderr)

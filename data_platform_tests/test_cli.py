@@ -91,6 +91,26 @@ def test_errors_are_one_line_on_stderr_and_nothing_on_stdout(platform_env, tmp_p
     assert out.returncode != 0 and out.stdout == "" and "unknown state" in out.stderr
 
 
+
+def test_a_reader_that_goes_away_gets_no_traceback(platform_env, tmp_path):
+    """`data-platform ... --json | head -c 100`: the pipe closes before the output is
+    written. The command exits as a tool killed by SIGPIPE does, with nothing on stderr."""
+    import os
+
+    (tmp_path / "x.csv").write_text("a\n1\n")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # closed before the command starts: its first write fails, every time
+    try:
+        out = subprocess.run(CLI + ["upload", str(tmp_path / "x.csv"), "--tenant", "acme", "--dataset", "t", "--json"],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, env=platform_env, timeout=120)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 128 + 13, out.stderr
+    assert out.stderr == ""
+    # The work was done before the output: the upload is there.
+    status = json.loads(cli(platform_env, "status", "--json").stdout)
+    assert [(u["tenant"], u["dataset"], u["state"]) for u in status] == [("acme", "t", "landing")]
+
 def test_status_on_an_empty_platform_is_an_empty_list(platform_env):
     assert json.loads(cli(platform_env, "status", "--json").stdout) == []
     stats = json.loads(cli(platform_env, "stats", "--json").stdout)
