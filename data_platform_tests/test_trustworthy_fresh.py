@@ -319,6 +319,46 @@ def test_near_duplicates_are_flagged_across_uploads_and_dropped_when_the_contrac
         assert [r.upload_id for r in runs] == [uploads[dataset, "a.jsonl"].id, uploads[dataset, "b.jsonl"].id]
 
 
+
+def _added(reports: list[dict]) -> dict:
+    total: dict = {}
+    for report in reports:
+        for name, value in report.items():
+            if isinstance(value, dict):
+                total[name] = _added([total.get(name, {}), value])
+            elif isinstance(value, int) and not isinstance(value, bool):
+                total[name] = total.get(name, 0) + value
+    return total
+
+
+def test_one_run_of_several_uploads_adds_up_their_findings_in_the_asset_metadata(platform, tmp_path):
+    """The sensor gives a run every upload pending in its partition. The materialisation
+    adds up what each upload's report found, near-duplicates and the earlier upload they
+    repeat included (a run of two uploads once failed here, after both were committed)."""
+    store, catalog, resources, instance = platform
+    path, _ = generate(tmp_path, 3000, seed=43, near_dup_rate=0.08)
+    lines = path.read_text().splitlines(keepends=True)
+    store.put_bytes("landing/acme/tickets/a.jsonl", "".join(lines[:1500]).encode())
+    store.put_bytes("landing/acme/tickets/b.jsonl", "".join(lines[1500:] + lines[:100]).encode())
+    (result,) = ingest(instance, resources)
+    assert result.success
+    uploads = sorted(catalog.list_uploads(), key=lambda u: u.id)
+    assert [(u.landing_key.rsplit("/", 1)[1], u.state) for u in uploads] == [("a.jsonl", FRESH), ("b.jsonl", FRESH)]
+    reports = [json.loads(u.detail) for u in uploads]
+    near = [r["near_duplicates"] for r in reports]
+    assert near[1]["matched_uploads"].get(str(uploads[0].id), 0) > 0  # b repeats texts of a
+    (materialization,) = result.asset_materializations_for_node("fresh_data")
+    metadata = {name: value.value for name, value in materialization.metadata.items()}
+    assert metadata["uploads_processed"] == 2
+    assert metadata["rows_ingested"] == sum(u.rows for u in uploads)
+    assert metadata["near_duplicates"] == _added(near)
+    assert metadata["near_duplicates"]["flagged"] == near[0]["flagged"] + near[1]["flagged"] > 0
+    removed = metadata["duplicate_rows_removed"]
+    assert removed == _added([r["duplicate_rows_removed"] for r in reports])
+    assert removed["of_earlier_uploads"] >= 100  # b's copies of a's first 100 rows
+    for key in ("pseudonymised_values", "redacted_in_text"):
+        assert metadata[key] == _added([r[key] for r in reports]) and metadata[key]
+
 def test_failing_values_of_personal_data_columns_never_reach_the_ui(platform):
     store, catalog, resources, instance = platform
     store.put_bytes("_platform/contracts/acme/people.yaml", b"""

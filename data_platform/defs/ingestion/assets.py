@@ -102,8 +102,7 @@ def _metadata(result: BatchResult, partition_uploads) -> dict:
         "pseudonymised_values": dg.MetadataValue.json(_summed(result, "pseudonymised_values")),
         "redacted_in_text": dg.MetadataValue.json(_summed(result, "redacted_in_text")),
         "duplicate_rows_removed": dg.MetadataValue.json(_summed(result, "duplicate_rows_removed")),
-        "near_duplicates": dg.MetadataValue.json(
-            {k: v for k, v in _summed(result, "near_duplicates").items() if isinstance(v, int | float)}),
+        "near_duplicates": dg.MetadataValue.json(_summed(result, "near_duplicates")),
     }
     scored = [u for u in in_partition if u.quality is not None and u.rows]
     if scored:
@@ -145,10 +144,21 @@ def _merged(result: BatchResult, key: str) -> dict:
 
 
 def _summed(result: BatchResult, key: str) -> dict:
-    out: Counter = Counter()
+    """A report's numbers summed over the batch's uploads, key by key, nested mappings of
+    numbers too (near-duplicates' rows per matched upload); its other values (an action,
+    a list of columns) are not sums and are left out."""
+    out: dict = {}
     for o in result.outcomes:
-        out.update((o.refinement or {}).get(key) or {})
-    return dict(out)
+        _add_numbers(out, (o.refinement or {}).get(key) or {})
+    return out
+
+
+def _add_numbers(into: dict, report: dict) -> None:
+    for name, value in report.items():
+        if isinstance(value, dict):
+            _add_numbers(into.setdefault(name, {}), value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            into[name] = into.get(name, 0) + value
 
 
 def _table_schema(schema: pa.Schema) -> dg.TableSchema:
