@@ -16,7 +16,8 @@ than let duplicates through unnoticed.
 
 The index of a dataset is the set of runs of its fresh uploads (data_platform.indexes):
 a row whose hash a committed upload holds is a duplicate, and within one upload only
-the first occurrence is kept. Concurrent runs of the dataset are reconciled at commit.
+the first occurrence is kept. Across files rows are compared as stored, in the
+contract's types (`hashes_as_stored`), not as each file's parser typed them. Concurrent runs of the dataset are reconciled at commit.
 """
 
 import threading
@@ -39,17 +40,55 @@ def row_hashes(table: pa.Table) -> np.ndarray:
     """int64 content hash per row; independent of column order, sensitive to names."""
     if table.num_rows == 0:
         return np.zeros(0, dtype=np.int64)
-    names = sorted(table.column_names)
-    if not all(_hashed_here(table.schema.field(name).type) for name in names):
-        return _duckdb_row_hashes(table, names)
-    hashes = None
-    for name in names:
-        column = _column_hashes(table.column(name))
-        hashes = column if hashes is None else _combine(hashes, column)
+    by_column = column_hashes(table)
+    if by_column is None:
+        return _duckdb_row_hashes(table, sorted(table.column_names))
+    return combined(by_column)
+
+
+def column_hashes(table: pa.Table) -> dict[str, np.ndarray] | None:
+    """Each column's value hashes (uint64), which `combined` turns into `row_hashes`; None
+    when a column's type is hashed by DuckDB (the row hash is then DuckDB's alone). Kept
+    per column, a column cast later (a contract's type) is hashed again alone."""
+    if not all(_hashed_here(field.type) for field in table.schema):
+        return None
+    return {name: _column_hashes(column) for name, column in zip(table.column_names, table.columns)}
+
+
+def combined(by_column: dict[str, np.ndarray]) -> np.ndarray:
+    """Row hashes (int64) from `column_hashes`: DuckDB's combination in name order, then
+    the names. The arrays given are left as they are."""
+    names = sorted(by_column)
+    hashes = by_column[names[0]].copy()
+    for name in names[1:]:
+        _combine(hashes, by_column[name])
     names_hash = np.empty(1, dtype=np.uint64)
     encoded = "\x1f".join(names).encode()
     rowhash_kernel.string_hashes(np.array([0, len(encoded)], dtype=np.int32), encoded, 0, 1, False, names_hash)
     return _combine(hashes, names_hash[0]).view(np.int64)
+
+
+def hashes_as_stored(hashes: np.ndarray, by_column: dict[str, np.ndarray] | None, read: pa.Table,
+                     typed: pa.Table) -> np.ndarray:
+    """The row hashes of `read` (from `by_column`, its `column_hashes`) for the rows as
+    `typed` holds them: a contract's casts give a value the type it is stored with. The
+    same row must hash the same in every file of a dataset, and parsers infer types per
+    file: a timestamp column that holds one bad value is read as text in that file and as
+    timestamps in the next. Only the columns whose type the cast changed are hashed again
+    (they are real: validation read them). With DuckDB's types (`by_column` None, or a
+    cast to one) the hashes stay as read."""
+    if by_column is None:
+        return hashes
+    changed = {name: column for name, column in zip(typed.column_names, typed.columns)
+               if name not in by_column or read.schema.field(name).type != column.type}
+    changed_names = set(changed) | {name for name in by_column if name not in typed.column_names}
+    if not changed_names:
+        return hashes
+    if not all(_hashed_here(column.type) for column in changed.values()):
+        return hashes
+    stored = {name: h for name, h in by_column.items() if name in typed.column_names and name not in changed}
+    stored.update((name, _column_hashes(column)) for name, column in changed.items())
+    return combined(stored)
 
 
 def _hashed_here(t: pa.DataType) -> bool:

@@ -27,7 +27,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_platform.contracts import Contract
-from data_platform.dedup import RowIndex, first_occurrences_sorted, kept_order, row_hashes
+from data_platform.dedup import (RowIndex, column_hashes, combined, first_occurrences_sorted, hashes_as_stored,
+                                  kept_order, row_hashes)
 from data_platform.neardup import NearDupIndex, detection_text, text_columns
 from data_platform.privacy import (
     Pseudonymizer, apply_privacy, detect_pii_columns, sorted_distinct, subject_keys_of,
@@ -223,21 +224,29 @@ class UploadRefiner:
         that pass come out later, as a table of their own."""
         timed = self._stage
         for table in tables:
-            hashes = first = order = None
+            hashes = by_column = first = order = None
             if self.row_index is not None:
                 with timed("row_hashing"):
-                    hashes = row_hashes(table)
+                    # Within a table (one schema) rows repeat as read; across files they are
+                    # compared as stored (see `_validate`).
+                    by_column = column_hashes(table)
+                    hashes = combined(by_column) if by_column is not None else row_hashes(table)
                     first, order = first_occurrences_sorted(hashes)  # the order: for the claim
                     self.report.duplicates_in_file += int(len(first) - first.sum())
                     if first.all():
                         first = None
                     else:
                         hashes = hashes[first]
+                        if by_column is not None:
+                            by_column = {name: h[first] for name, h in by_column.items()}
             with timed("validation"):
                 deferred = frozenset()
                 if first is not None and self.contract is not None:
                     deferred = frozenset(self._contract_validator().unread_columns(table.schema))
-                rows, keep = self._validate(_Rows.of(table, first, deferred), hashes)
+                read = hashes
+                rows, keep, hashes = self._validate(_Rows.of(table, first, deferred), hashes, by_column)
+                if hashes is not read:  # cast: the order is not theirs, and rows may repeat now
+                    order = None
             yield from self._claimed(rows, hashes, keep, order)
             if self._waiting_rows >= GX_BATCH_ROWS:
                 with timed("validation"):
@@ -252,19 +261,29 @@ class UploadRefiner:
                  order: np.ndarray | None = None) -> Iterator[pa.Table]:
         """The rows of `keep` (None: all) that no committed upload holds and this upload
         did not keep yet (claimed now: only rows that met the contract enter the row
-        index), in one filter. `order`: an argsort of `hashes`, if known."""
+        index), in one filter. `order`: an argsort of `hashes`, given when they are known
+        to be distinct; without it, rows that repeat one kept here are dropped first (the
+        same row waiting for GX in two tables, or two texts read that a cast made one value)."""
         if hashes is not None and len(hashes):
             with self._stage("row_index"):
-                if order is not None and keep is not None:
-                    order = kept_order(order, keep)
-                claimed = self.row_index.claim(hashes if keep is None else hashes[keep], order)
+                at = None if keep is None else np.flatnonzero(keep)
+                candidates = hashes if at is None else hashes[at]
+                if order is not None:
+                    if keep is not None:
+                        order = kept_order(order, keep)
+                else:
+                    first, order = first_occurrences_sorted(candidates)
+                    if not first.all():
+                        self.report.duplicates_in_file += int(len(first) - first.sum())
+                        at = np.flatnonzero(first) if at is None else at[first]
+                        candidates = candidates[first]
+                claimed = self.row_index.claim(candidates, order)
                 self.report.duplicates_of_earlier_uploads += int(len(claimed) - claimed.sum())
-                if keep is None:
+                if at is None:
                     keep = claimed
                 else:
-                    at = np.flatnonzero(keep)
-                    keep = keep.copy()
-                    keep[at] = claimed
+                    keep = np.zeros(len(hashes), dtype=bool)
+                    keep[at[claimed]] = True
         table = rows.materialised(keep)
         if table.num_rows:
             yield table
@@ -379,9 +398,11 @@ class UploadRefiner:
                 self.validator = ContractValidator(self.contract)
         return self.validator
 
-    def _validate(self, rows: _Rows, hashes: np.ndarray | None) -> tuple[_Rows, np.ndarray | None]:
-        """The rows cast to the contract's types and the mask of those that pass (None:
-        all of them). GX costs ~25 ms per call whatever the rows, and Arrow clears almost all
+    def _validate(self, rows: _Rows, hashes: np.ndarray | None, by_column: dict[str, np.ndarray] | None
+                  ) -> tuple[_Rows, np.ndarray | None, np.ndarray | None]:
+        """The rows cast to the contract's types, the mask of those that pass (None: all of
+        them) and the rows' hashes as stored (cast), which the row index compares across
+        files (`hashes_as_stored`). GX costs ~25 ms per call whatever the rows, and Arrow clears almost all
         rows: when only a few rows need GX, they wait, with their outcomes' place kept, and
         are decided with other tables' in one call (`_decide_waiting`; uniqueness still
         holds within each table). Rows failing a cast are rejected at once."""
@@ -389,9 +410,11 @@ class UploadRefiner:
         first_record = self.report.rows_in + 1
         self.report.rows_in += table.num_rows
         if self.contract is None:
-            return rows, None
+            return rows, None, hashes
         prepared, typed = self._contract_validator().prepare(table)
         typed_rows = replace(rows, table=typed)
+        if hashes is not None:
+            hashes = hashes_as_stored(hashes, by_column, table, typed)
         n = table.num_rows
         if prepared.deferrable and len(prepared.gx_rows) <= GX_DEFER_SHARE * n:
             waiting = prepared.gx_rows
@@ -416,7 +439,7 @@ class UploadRefiner:
             self._reject(rows.whole, rows.in_whole(failed), first_record + failed,
                          [failing[i] for i in failed.tolist()])
             keep[failed] = False
-        return typed_rows, None if keep.all() else keep
+        return typed_rows, None if keep.all() else keep, hashes
 
     def _decide_waiting(self) -> tuple[_Rows, np.ndarray | None]:
         """Decide the waiting rows of several tables with one GX call: failing ones

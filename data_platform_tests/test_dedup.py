@@ -449,3 +449,61 @@ def test_in_file_repeats_are_validated_once_and_the_output_is_that_of_the_file_w
     assert got.schema == expected.schema and got.column_names == unique.column_names
     assert got.equals(expected)
     assert got.num_rows == n - 4
+
+
+def test_rows_are_compared_across_files_as_stored_not_as_each_parser_typed_them(local_store, catalog):
+    # Parsers infer types per file: a timestamp column holding one bad value is read as
+    # text in that file and as timestamps in the next; integer-looking costs as integers.
+    # The contract casts both to the stored types, and a row must hash as stored, or an
+    # exact copy of a kept row would be kept again from a file read differently.
+    from data_platform.contracts import ColumnSpec, Contract
+    from data_platform.privacy import Pseudonymizer
+    from data_platform.refinement import UploadRefiner
+
+    contract = Contract(tenant="acme", dataset="tickets", version="1", columns=(
+        ColumnSpec("record_id", "string", required=True),
+        ColumnSpec("created_at", "timestamp", required=True),
+        ColumnSpec("cost", "float"),
+        ColumnSpec("priority", "integer", min=1, max=4)))
+    n = 60
+    stamps = [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i) for i in range(n)]
+    as_text = pa.table({  # the first file: one bad timestamp keeps the column text
+        "record_id": [f"rec-{i}" for i in range(n)] + ["rec-bad"],
+        "created_at": [s.strftime("%Y-%m-%dT%H:%M:%SZ") for s in stamps] + ["not a time"],
+        "cost": pa.array([i % 7 for i in range(n)] + [1], pa.int64()),
+        "priority": [1 + i % 4 for i in range(n)] + [1],
+    })
+    as_typed = pa.table({  # the second: the same rows read as timestamps and floats, and 5 new
+        "record_id": [f"rec-{i}" for i in range(n + 5)],
+        "created_at": pa.array(stamps + [stamps[0] + timedelta(days=9, hours=i) for i in range(5)],
+                               pa.timestamp("us", tz="UTC")),
+        "cost": pa.array([float(i % 7) for i in range(n + 5)], pa.float64()),
+        "priority": [1 + i % 4 for i in range(n + 5)],
+    })
+    # within one file, two spellings of one instant are one stored row (an offset, a space)
+    spellings = pa.table({"record_id": ["rec-x", "rec-x", "rec-y"],
+                          "created_at": ["2026-03-01T00:00:00Z", "2026-03-01 01:00:00+01:00", "oops"],
+                          "cost": pa.array([1, 1, 1], pa.int64()), "priority": [2, 2, 2]})
+
+    a, b, c = uploads(catalog, 3)
+    index = row_index(local_store, catalog)
+
+    def refine(table, upload):
+        index.begin(upload.id)
+        rejected = []
+        refiner = UploadRefiner(contract, Pseudonymizer(b"k" * 32, "acme"), rejected.append, index,
+                                upload_id=upload.id)
+        kept = pa.concat_tables(list(refiner([table])))
+        commit(index, catalog, upload)
+        return kept, refiner.report, rejected
+
+    kept, report, rejected = refine(as_text, a)
+    assert kept.num_rows == n and [r.reason for r in rejected] == ["type:created_at"]
+    assert kept.schema.field("created_at").type == pa.timestamp("us", tz="UTC")
+    kept, report, _ = refine(as_typed, b)
+    assert report.duplicates_of_earlier_uploads == n
+    assert kept.column("record_id").to_pylist() == [f"rec-{n + i}" for i in range(5)]
+    kept, report, rejected = refine(spellings, c)
+    assert kept.column("record_id").to_pylist() == ["rec-x"] and report.duplicates_in_file == 1
+    # ... and as read, the hashes differ: this is what the cast changed
+    assert not np.isin(row_hashes(as_typed.slice(0, n)), row_hashes(as_text.slice(0, n))).any()
