@@ -650,8 +650,9 @@ class _Run:
             if step is not None and step.state == DONE:
                 continue
             if kind == ROWS:
-                # Hashes of the raw rows as uploaded (sorted, not row-aligned): neither the erased
-                # rows' entries can be told apart nor the run rebuilt from pseudonymised data.
+                # Hashes of the raw rows (before pseudonymisation, in the contract's types;
+                # sorted, not row-aligned): neither the erased rows' entries can be told apart
+                # nor the run rebuilt from pseudonymised data.
                 out.append(_Step(key, "index_run:rows", NOT_REWRITTEN, DONE, u.id, {
                     "reason": "unkeyed 64-bit hashes of whole raw rows, sorted: the erased rows' entries cannot "
                               "be told apart (and only stop the same raw row from being ingested again)"}))
