@@ -17,7 +17,8 @@ than let duplicates through unnoticed.
 The index of a dataset is the set of runs of its fresh uploads (data_platform.indexes):
 a row whose hash a committed upload holds is a duplicate, and within one upload only
 the first occurrence is kept. Across files rows are compared as stored, in the
-contract's types (`hashes_as_stored`), not as each file's parser typed them. Concurrent runs of the dataset are reconciled at commit.
+contract's types (`hashes_as_stored`), not as each file's parser typed them. Concurrent
+runs of the dataset are reconciled at commit.
 """
 
 import threading
@@ -71,24 +72,19 @@ def combined(by_column: dict[str, np.ndarray]) -> np.ndarray:
 def hashes_as_stored(hashes: np.ndarray, by_column: dict[str, np.ndarray] | None, read: pa.Table,
                      typed: pa.Table) -> np.ndarray:
     """The row hashes of `read` (from `by_column`, its `column_hashes`) for the rows as
-    `typed` holds them: a contract's casts give a value the type it is stored with. The
-    same row must hash the same in every file of a dataset, and parsers infer types per
-    file: a timestamp column that holds one bad value is read as text in that file and as
+    `typed` (the same columns, cast to a contract's types) holds them. The same row must
+    hash the same in every file of a dataset, and parsers infer types per file: a
+    timestamp column that holds one bad value is read as text in that file and as
     timestamps in the next. Only the columns whose type the cast changed are hashed again
     (they are real: validation read them). With DuckDB's types (`by_column` None, or a
     cast to one) the hashes stay as read."""
     if by_column is None:
         return hashes
     changed = {name: column for name, column in zip(typed.column_names, typed.columns)
-               if name not in by_column or read.schema.field(name).type != column.type}
-    changed_names = set(changed) | {name for name in by_column if name not in typed.column_names}
-    if not changed_names:
+               if read.schema.field(name).type != column.type}
+    if not changed or not all(_hashed_here(column.type) for column in changed.values()):
         return hashes
-    if not all(_hashed_here(column.type) for column in changed.values()):
-        return hashes
-    stored = {name: h for name, h in by_column.items() if name in typed.column_names and name not in changed}
-    stored.update((name, _column_hashes(column)) for name, column in changed.items())
-    return combined(stored)
+    return combined({**by_column, **{name: _column_hashes(column) for name, column in changed.items()}})
 
 
 def _hashed_here(t: pa.DataType) -> bool:
